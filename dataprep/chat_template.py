@@ -161,15 +161,33 @@ def get_renderer(name: str, hf_tokenizer=None, default: str = "chatml") -> Rende
     return TEMPLATES[name]
 
 
+def encode_segments(conversations: list[list[tuple[str, bool]]], encode
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids (int64) and loss mask (bool, True where trained) of each rendered conversation.
+
+    `encode(list_of_texts) -> (ids, offsets)` is a dataprep engine's batch call: one call
+    tokenizes every segment of every conversation (engines are fastest on large batches).
+    """
+    texts: list[str] = []
+    trained: list[bool] = []
+    counts: list[int] = []
+    for segments in conversations:
+        kept = [(text, flag) for text, flag in segments if text]
+        texts += [text for text, _ in kept]
+        trained += [flag for _, flag in kept]
+        counts.append(len(kept))
+    ids, offsets = encode(texts)
+    ids = ids.astype(np.int64)
+    mask = np.repeat(np.array(trained, dtype=bool), np.diff(offsets))
+    out, seg = [], 0
+    for n in counts:
+        lo, hi = int(offsets[seg]), int(offsets[seg + n])
+        out.append((ids[lo:hi], mask[lo:hi]))
+        seg += n
+    return out
+
+
 def encode_conversation(turns: list[Turn], renderer: Renderer, encode, eos: str
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (int64) and loss mask (bool, True where trained) of one conversation.
-
-    `encode(list_of_texts) -> (ids, offsets)` is a dataprep engine's batch call, so one call
-    tokenizes every segment.
-    """
-    segments = [(text, trained) for text, trained in renderer.segments(turns, eos) if text]
-    ids, offsets = encode([text for text, _ in segments])
-    lengths = np.diff(offsets)
-    mask = np.repeat(np.array([trained for _, trained in segments], dtype=bool), lengths)
-    return ids.astype(np.int64), mask
+    """Token ids (int64) and loss mask (bool, True where trained) of one conversation."""
+    return encode_segments([renderer.segments(turns, eos)], encode)[0]

@@ -128,6 +128,12 @@ def check_turns(turns: list[Turn]) -> None:
             raise RecordError(f"the conversation is out of order: {where}")
     if body[-1].role != "assistant":
         raise RecordError("the conversation does not end with an assistant turn (nothing to train on)")
+    for n, turn in enumerate(turns):
+        try:
+            turn.content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RecordError(f"turn {n} ({turn.role}) cannot be encoded as UTF-8: lone surrogate "
+                              f"\\u{ord(turn.content[exc.start]):04x} at character {exc.start}") from None
 
 
 def to_conversation(record: Any, fmt: str = "auto", system: str | None = None) -> list[Turn]:

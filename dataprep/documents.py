@@ -129,14 +129,21 @@ def check_record(obj: Any, json_keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def parse_line(line: bytes, json_keys: tuple[str, ...]) -> tuple[Any, str | None]:
-    """One line → (record, None) or (None, reason)."""
+def load_line(line: bytes) -> tuple[Any, str | None]:
+    """One line's JSON value → (value, None) or (None, reason)."""
     try:
-        obj = json.loads(line)
+        return json.loads(line), None
     except UnicodeDecodeError as exc:
         return None, f"invalid UTF-8 at byte {exc.start}"
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+
+
+def parse_line(line: bytes, json_keys: tuple[str, ...]) -> tuple[Any, str | None]:
+    """One line → (record, None) or (None, reason)."""
+    obj, reason = load_line(line)
+    if reason is not None:
+        return None, reason
     reason = check_record(obj, json_keys)
     return (obj, None) if reason is None else (None, reason)
 
@@ -159,7 +166,7 @@ def valid_texts(files: list[str], json_keys: tuple[str, ...]) -> Iterator[tuple[
                     yield chunk.path, where(i), text
 
 
-def _clip(text: str) -> str:
+def clip_record(text: str) -> str:
     return text if len(text) <= MAX_REJECT_CHARS else text[:MAX_REJECT_CHARS] + "…[truncated]"
 
 
@@ -206,7 +213,7 @@ class DocumentEncoder:
             result.records += 1
             obj, reason = parse_line(line, keys)
             if reason is not None:
-                result.rejected.append(Rejected(i, reason, _clip(line.decode("utf-8", "replace"))))
+                result.rejected.append(Rejected(i, reason, clip_record(line.decode("utf-8", "replace"))))
                 if self.options.stop_at_first_reject:
                     break
                 continue
@@ -226,7 +233,7 @@ class DocumentEncoder:
             row = {k: col[i] for k, col in zip(self.options.json_keys, raw)}
             reason = check_record(row, self.options.json_keys)
             if reason is not None:
-                result.rejected.append(Rejected(i, reason, _clip(json.dumps(row, ensure_ascii=False, default=str))))
+                result.rejected.append(Rejected(i, reason, clip_record(json.dumps(row, ensure_ascii=False, default=str))))
                 if self.options.stop_at_first_reject:
                     break
                 continue
@@ -291,6 +298,13 @@ def init_worker(engine_spec) -> None:
         _INIT_ERROR = f"cannot load this tokenizer ({type(exc).__name__}: {exc})"
 
 
+def worker_engine() -> Engine:
+    """This worker's engine (set by `init_worker`)."""
+    if _ENGINE is None:
+        raise RuntimeError(f"the worker has no engine: {_INIT_ERROR}")
+    return _ENGINE
+
+
 def encode_probe(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | str:
     """The worker engine's ids for the probe texts, or why the engine is unavailable."""
     if _ENGINE is None:
@@ -303,9 +317,7 @@ def encode_probe(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | str:
 
 def encode_chunk(options: EncodeOptions, chunk: Chunk) -> ChunkResult:
     """One chunk's documents; options travel with the task (the pool starts before they are known)."""
-    if _ENGINE is None:
-        raise RuntimeError(f"the worker has no engine: {_INIT_ERROR}")
     encoder = _ENCODERS.get(options)
     if encoder is None:
-        encoder = _ENCODERS[options] = DocumentEncoder(_ENGINE, options)
+        encoder = _ENCODERS[options] = DocumentEncoder(worker_engine(), options)
     return encoder.encode(chunk)

@@ -33,6 +33,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def human_size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
 def single_thread_engines() -> None:
     for key, value in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(key, value)

@@ -10,21 +10,20 @@ depend only on the inputs, the tokenizer and the options, never on the worker co
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
 
 from dataprep import __version__
-from dataprep.documents import EncodeOptions, encode_chunk, encode_probe, init_worker, valid_texts
+from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
-from dataprep.executor import (BackgroundCalls, OrderedExecutor, Progress, available_cores,
-                               single_thread_engines)
+from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
+from dataprep.rejects import Rejects
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs
-from dataprep.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
-                                 probe_mismatch, probe_texts, tokenizer_dir)
-from dataset_engine.idxmap import IdxmapWriter, optimal_dtype
+from dataprep.tokenizers import LoadedTokenizer
+from dataprep.workers import TrustedWorkers, WorkerConfig, start_trusted_workers
+from dataset_engine.idxmap import IdxmapWriter, optimal_dtype, write_sidecar
 
 SIDECAR_FORMAT = "dataprep-pretrain-sidecar/1"
 
@@ -109,7 +108,7 @@ class PretrainSummary:
             out.append(f"  {key:<10} documents {c.documents:,}  tokens {c.tokens:,}  "
                        f"tokens/document {per_doc:,.1f}  empty {c.empty:,}")
         steady = max(self.seconds - self.startup_seconds, 1e-9)
-        out.append(f"  bytes      in {_size(self.bytes_in)}  out {_size(self.bytes_out)}  "
+        out.append(f"  bytes      in {human_size(self.bytes_in)}  out {human_size(self.bytes_out)}  "
                    f"({self.bytes_in / secs / 1e6:,.1f} MB/s, {documents / secs:,.0f} docs/s, "
                    f"{tokens / secs / 1e6:,.2f} M tokens/s)")
         out.append(f"  time       start-up {self.startup_seconds:.2f} s, then {steady:.2f} s at "
@@ -119,13 +118,6 @@ class PretrainSummary:
         if self.rejects_path:
             out.append(f"  rejects    {self.rejects_path} ({self.rejected:,} records)")
         return out
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n} B"
 
 
 def output_prefix_for(prefix: str, key: str) -> str:
@@ -147,94 +139,32 @@ def sample_texts(files: list[str], json_keys: tuple[str, ...], limit: int,
     return texts
 
 
-class _Rejects:
-    """{prefix}.rejects.jsonl: one line per bad record, with where and why."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._tmp = path + ".tmp"
-        self._file = open(self._tmp, "w", encoding="utf-8")
-
-    def write(self, file: str, line: int, reason: str, record: str) -> None:
-        entry = {"file": file, "line": line, "reason": reason, "record": record}
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-    def finalize(self) -> None:
-        self._file.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        self._file.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
-
-
 def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
     started = time.perf_counter()
     files = expand_inputs(list(config.inputs))
-    single_thread_engines()
-    executor, engine, notes = _start_trusted_engine(config, files)
-    try:
-        for note in notes:
-            log(f"note: tokenizer engine {note}")
-        return _run(config, files, executor, engine, notes, started)
-    finally:
-        executor.close()
 
-
-def _start_trusted_engine(config: PretrainConfig, files: list[str]
-                          ) -> tuple[OrderedExecutor, tuple[LoadedTokenizer, str], list[str]]:
-    """Workers running the fastest engine that reproduces the reference tokenizer on the probe.
-
-    Start-up is overlapped: the workers start on the directory's tokenizer.json while the main
-    process loads transformers (~3 s); they are kept if transformers uses that file unchanged,
-    else restarted on the tokenizer transformers built. The probe runs in a worker, so the main
-    process never holds a second tokenizer.
-    """
-    path = tokenizer_dir(config.tokenizer, config.tokenizer_path)
-    early_spec = file_engine_spec(path, engine_order(config.backend)[0][0])
-    early = OrderedExecutor(config.workers, init_worker, (early_spec,)).start() if early_spec else None
-    try:
-        tok = load_tokenizer(config.tokenizer, path, config.trust_remote_code)
+    def needs_eod(tok: LoadedTokenizer) -> None:
         if config.append_eod and tok.eod is None:
             raise DataprepError(f"--append-eod needs an end-of-document token, but the tokenizer in "
                                 f"{tok.path} has no eos token; pass --no-append-eod or fix its config")
-        order, notes = engine_order(config.backend, tok)
-        if early is not None and (order[0] != early_spec.engine or not tok.same_as_file(early_spec.tokenizer_json)):
-            early.close()
-            early = None
-        fixed = probe_texts(tok)
-        texts = fixed + sample_texts(files, config.json_keys, config.probe_records)
-        reference = None
-        for name in order:
-            executor = early if early is not None and name == order[0] else \
-                OrderedExecutor(config.workers, init_worker, (tok.engine_spec(name),)).start()
-            early = None
-            if name == "transformers":  # the reference itself
-                return executor, (tok, name), notes
-            try:
-                if reference is None:
-                    reference = tok.reference(texts)
-                outcome = executor.call(encode_probe, texts)
-            except BaseException:
-                executor.close()
-                raise
-            problem = f"{name}: {outcome}" if isinstance(outcome, str) else \
-                probe_mismatch(name, reference, *outcome, n_fixed=len(fixed))
-            if problem is None:
-                return executor, (tok, name), notes
-            notes.append(problem)
-            executor.close()
-    except BaseException:
-        if early is not None:
-            early.close()
-        raise
-    raise DataprepError("no tokenizer engine could be started")  # transformers is always last
+
+    trusted = start_trusted_workers(
+        WorkerConfig(tokenizer=config.tokenizer, tokenizer_path=config.tokenizer_path,
+                     backend=config.backend, workers=config.workers,
+                     trust_remote_code=config.trust_remote_code),
+        probe_sample=lambda tok: sample_texts(files, config.json_keys, config.probe_records),
+        check=needs_eod)
+    try:
+        for note in trusted.notes:
+            log(f"note: tokenizer engine {note}")
+        return _run(config, files, trusted, started)
+    finally:
+        trusted.executor.close()
 
 
-def _run(config: PretrainConfig, files: list[str], executor: OrderedExecutor,
-         tok_engine: tuple[LoadedTokenizer, str], notes: list[str], started: float) -> PretrainSummary:
-    tok, engine = tok_engine
+def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
+         started: float) -> PretrainSummary:
+    tok, engine, notes, executor = trusted.tokenizer, trusted.engine, trusted.notes, trusted.executor
     startup = time.perf_counter() - started
     dtype = optimal_dtype(tok.vocab_size)
     options = EncodeOptions(json_keys=config.json_keys, append_eod=config.append_eod, eod=tok.eod,
@@ -246,7 +176,7 @@ def _run(config: PretrainConfig, files: list[str], executor: OrderedExecutor,
                               notes=notes, outputs=list(prefixes.values()),
                               keys={k: KeyCounts() for k in config.json_keys})
     writers = {k: IdxmapWriter(p, dtype) for k, p in prefixes.items()}
-    rejects = _Rejects(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
+    rejects = Rejects(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
     reader = ChunkReader(files, list(config.json_keys), config.chunk_bytes)
     progress = Progress(reader.total_bytes(), config.progress, desc="pretrain")
     lines = LineNumbers()
@@ -324,8 +254,4 @@ def _write_sidecar(prefix: str, key: str, config: PretrainConfig, tok: LoadedTok
                    "documents": counts.documents, "sequences": counts.sequences,
                    "tokens": counts.tokens, "empty_documents": counts.empty},
     }
-    tmp = prefix + ".json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(sidecar, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, prefix + ".json")
+    write_sidecar(prefix, sidecar)

@@ -28,6 +28,7 @@ Files are written as ``*.tmp`` and renamed when complete, ``.bin`` before ``.idx
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import operator
 import os
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["IdxmapError", "DTYPE_CODES", "optimal_dtype", "idx_path", "bin_path",
-           "IdxmapWriter", "IdxmapReader"]
+           "IdxmapWriter", "IdxmapReader", "read_sidecar", "write_sidecar"]
 
 _MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
@@ -413,3 +414,24 @@ class IdxmapReader:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def write_sidecar(prefix: str, data: dict) -> None:
+    """``{prefix}.json`` beside an idxmap, written under a temporary name and renamed."""
+    tmp = prefix + ".json.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, prefix + ".json")
+
+
+def read_sidecar(prefix: str) -> dict | None:
+    """``{prefix}.json``, or None when there is none."""
+    path = prefix + ".json"
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as exc:
+            raise IdxmapError(f"{path}: not valid JSON ({exc})") from exc

@@ -799,16 +799,16 @@ def test_same_file_twice_reports_its_own_line_numbers(work, tiny):
 
 def test_engine_is_started_once_per_run(work, corpus_jsonl, tiny, monkeypatch):
     """The engine is built once, not again when the run starts (it was built twice before)."""
-    import dataprep.pretrain as pretrain_module
+    import dataprep.workers as workers_module
 
     started = []
-    real = pretrain_module.init_worker
+    real = workers_module.init_worker
 
     def counting(spec, *rest):
         started.append(spec.engine)
         return real(spec, *rest)
 
-    monkeypatch.setattr(pretrain_module, "init_worker", counting)
+    monkeypatch.setattr(workers_module, "init_worker", counting)
     tiny_pretrain(tiny, corpus_jsonl, work / "once" / "ds")
     assert started == ["hf"]
 
