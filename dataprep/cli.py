@@ -74,6 +74,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from dataprep.executor import available_cores
+    from dataprep.sft import SFTConfig, run_sft
+
+    _unsupported(args)
+    config = SFTConfig(
+        inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
+        tokenizer_path=args.tokenizer_path, seq_length=args.seq_length, fmt=args.format,
+        template=args.template, system=args.system, layout=args.layout, packing=args.packing,
+        packing_algorithm=args.packing_algorithm, seed=args.seed, drop_long=args.drop_long,
+        workers=args.workers or available_cores(), skip_bad_records=args.skip_bad_records,
+        backend=args.tokenizer_backend, trust_remote_code=args.trust_remote_code,
+        progress=not args.no_progress)
+    summary = run_sft(config, log=lambda m: print(m, file=sys.stderr))
+    print("dataprep sft: " + "\n".join(summary.lines()))
+    return 0
+
+
 def cmd_verify_tokenizer(args: argparse.Namespace) -> int:
     from dataprep.verify import verify_tokenizer
 
@@ -123,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--lang", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("sft", parents=[common],
+                       help="alpaca / messages / ShareGPT records → SFT idxmaps with loss masks")
+    s.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    s.add_argument("--output-prefix", required=True,
+                   help="writes {PREFIX}_text_document.bin/.idx/.json (+ {PREFIX}_loss_mask_document for native)")
+    _add_tokenizer_args(s)
+    s.add_argument("--seq-length", type=int, default=None,
+                   help="truncate records to this many tokens (drop those whose prompt fills it); "
+                        "the row length for --layout pai")
+    s.add_argument("--format", default="auto", choices=["auto", "alpaca", "messages", "sharegpt"],
+                   help="record format (default: told per record by its keys)")
+    s.add_argument("--template", default="auto",
+                   help="chat template: auto (the tokenizer's own, else its family's), tokenizer, "
+                        "chatml, qwen, deepseek, llama3, alpaca-plain")
+    s.add_argument("--system", default=None, help="system prompt for records that have none")
+    s.add_argument("--layout", default="native", choices=["native", "pai"],
+                   help="native: records + loss masks, packed at load time (default); "
+                        "pai: Pai-Megatron-Patch's rows (tokens ++ labels)")
+    s.add_argument("--packing", "--sequence-packing", dest="packing", action="store_true",
+                   help="pai: pack records into rows; native: report packing at --seq-length")
+    s.add_argument("--packing-algorithm", default="bfd", choices=["bfd", "next-fit"],
+                   help="bfd: best-fit-decreasing (default); next-fit: Pai's, in file order")
+    s.add_argument("--seed", type=int, default=1234, help="order of the packed rows (default 1234)")
+    s.add_argument("--drop-long", action="store_true", help="drop records longer than --seq-length "
+                                                             "instead of truncating them")
+    s.add_argument("--workers", type=int, default=None, help="processes (default: the cores available)")
+    s.add_argument("--skip-bad-records", action="store_true",
+                   help="write bad records to {PREFIX}.rejects.jsonl and go on")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Pai's build_idxmap_sft_dataset.py options kept for drop-in use
+    s.add_argument("--partitions", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--keep-sequential-samples", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--dataset-impl", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--append-eod", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--log-interval", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_sft)
 
     v = sub.add_parser("verify-tokenizer", parents=[common],
                        help="check each tokenizer engine against the reference on your data")

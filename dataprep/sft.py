@@ -1,0 +1,353 @@
+"""The SFT pipeline: alpaca / messages / ShareGPT files → token ids + loss masks → SFT idxmaps.
+
+    source files ─ ChunkReader ─▶ chunks ─ workers: SFTEncoder ─▶ records (ids, mask)
+        ─ OrderedExecutor (in chunk order) ─▶ NativeSFTWriter ─▶ {PREFIX}_text_document + _loss_mask_document
+        └ --layout pai: the same records (in a temporary directory) ─ packing plan ─▶ Pai rows
+
+Every record read is written, rejected (file:line and reason) or dropped as too long (counted).
+Outputs go to temporary names and are renamed when complete; the bytes do not depend on the
+worker count. Layouts: dataset_engine/sft_format.py and docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from dataprep import __version__
+from dataprep.chat_template import TemplateError, get_renderer
+from dataprep.conversations import FORMATS, RecordError, to_conversation
+from dataprep.documents import load_line
+from dataprep.errors import DataprepError
+from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
+from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataprep.rejects import Rejects
+from dataprep.sft_records import SFTOptions, encode_sft_chunk
+from dataprep.sources import ChunkReader, LineNumbers, expand_inputs, read_chunk_lines
+from dataprep.tokenizers import LoadedTokenizer, get_spec
+from dataprep.workers import TrustedWorkers, WorkerConfig, start_trusted_workers
+from dataset_engine.idxmap import optimal_dtype, write_sidecar
+from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, NativeSFTWriter, mask_prefix,
+                                       pai_row, tokens_prefix, write_pai)
+
+SIDECAR_FORMAT = "dataprep-sft-sidecar/1"
+LAYOUTS = ("native", "pai")
+PACKERS = {"bfd": pack_best_fit_decreasing, "next-fit": lambda lengths, seq_len, seed: pack_next_fit(lengths, seq_len)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    inputs: tuple[str, ...]
+    """Files, directories or glob patterns (.jsonl, .json arrays, .gz, .zst, .parquet)."""
+    output_prefix: str
+    """Outputs are {output_prefix}_text_document.bin/.idx/.json (+ _loss_mask_document for native)."""
+    tokenizer: str
+    """A tokenizer name from the registry (Pai's --patch-tokenizer-type names)."""
+    tokenizer_path: str | None = None
+    """Local Hugging Face tokenizer directory; None uses the bundled one where there is one."""
+    seq_length: int | None = None
+    """Truncate (or drop) records to this length; required for the pai layout (its row length)."""
+    fmt: str = "auto"
+    """Record format: auto (per record), alpaca, messages or sharegpt."""
+    template: str = "auto"
+    """auto (the tokenizer's own chat template, else its family's), tokenizer, or a named template."""
+    system: str | None = None
+    """System prompt for records that have none."""
+    layout: str = "native"
+    """native (records + loss masks, packed at load time) or pai (Pai-Megatron-Patch's rows)."""
+    packing: bool = False
+    """pai: pack records into rows; native: report the packing at seq_length (packing happens at load)."""
+    packing_algorithm: str = "bfd"
+    """bfd (best-fit-decreasing) or next-fit (Pai's: file order)."""
+    seed: int = 1234
+    """Order of packed rows (bfd); which records share a row does not depend on it."""
+    drop_long: bool = False
+    """Drop records longer than seq_length instead of truncating them."""
+    workers: int = field(default_factory=available_cores)
+    skip_bad_records: bool = False
+    """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
+    backend: str = "auto"
+    trust_remote_code: bool = False
+    chunk_bytes: int = 1 << 20
+    """Input bytes per unit of work (SFT records cost more per byte than pretraining text)."""
+    probe_records: int = 64
+    """Records of the input whose rendered segments check the engine against the reference."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise DataprepError("no --input given")
+        if self.layout not in LAYOUTS:
+            raise DataprepError(f"unknown --layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        if self.fmt not in ("auto", *FORMATS):
+            raise DataprepError(f"unknown --format {self.fmt!r}; known: auto, {', '.join(FORMATS)}")
+        if self.packing_algorithm not in PACKERS:
+            raise DataprepError(f"unknown --packing-algorithm {self.packing_algorithm!r}; known: "
+                                f"{', '.join(PACKERS)}")
+        if self.seq_length is not None and self.seq_length < 2:
+            raise DataprepError(f"--seq-length must be at least 2, got {self.seq_length}")
+        if self.layout == "pai" and self.seq_length is None:
+            raise DataprepError("--layout pai needs --seq-length (Pai's rows hold 2 x seq_length values)")
+        if self.packing and self.seq_length is None:
+            raise DataprepError("--packing needs --seq-length (the row length to pack into)")
+        if self.drop_long and self.seq_length is None:
+            raise DataprepError("--drop-long needs --seq-length")
+        if self.workers < 1:
+            raise DataprepError(f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass
+class SFTSummary:
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    dropped_prompt: int = 0
+    dropped_long: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    max_length: int = 0
+    rows: int | None = None
+    packing: dict | None = None
+    bytes_in: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    engine: str = ""
+    workers: int = 1
+    template: str = ""
+    notes: list[str] = field(default_factory=list)
+    output: str = ""
+    rejects_path: str | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_prompt + self.dropped_long
+
+    def counts(self) -> dict:
+        return {"records_read": self.read, "records_written": self.written,
+                "records_rejected": self.rejected, "records_dropped_prompt": self.dropped_prompt,
+                "records_dropped_long": self.dropped_long, "records_truncated": self.truncated,
+                "tokens": self.tokens, "trained_tokens": self.trained_tokens, "max_length": self.max_length}
+
+    def lines(self) -> list[str]:
+        secs = max(self.seconds, 1e-9)
+        out = [f"done in {self.seconds:.1f} s with the {self.engine} engine on {self.workers} worker(s), "
+               f"template {self.template}",
+               f"  records    read {self.read:,} = written {self.written:,} + rejected {self.rejected:,}"
+               f" + dropped {self.dropped:,} (prompt fills seq_length {self.dropped_prompt:,}, "
+               f"too long {self.dropped_long:,})",
+               f"  truncated  {self.truncated:,} records cut to seq_length",
+               f"  tokens     {self.tokens:,} ({self.trained_tokens:,} trained, "
+               f"{self.trained_tokens / max(self.tokens, 1):.1%}), {self.tokens / max(self.written, 1):,.1f} "
+               f"per record, longest {self.max_length:,}"]
+        if self.packing:
+            p = self.packing
+            out.append(f"  packing    {p['algorithm']} at {p['seq_length']:,}: {p['rows']:,} rows, lower bound "
+                       f"{p['lower_bound']:,} ({p['rows'] / max(p['lower_bound'], 1):.4f}x), "
+                       f"efficiency {p['efficiency']:.2%}")
+        out.append(f"  speed      {human_size(self.bytes_in)} in, {self.read / secs:,.0f} records/s, "
+                   f"{self.tokens / secs / 1e6:,.2f} M tokens/s (start-up {self.startup_seconds:.1f} s)")
+        out.append(f"  output     {self.output}.bin/.idx/.json")
+        if self.rejects_path:
+            out.append(f"  rejects    {self.rejects_path} ({self.rejected:,} records)")
+        return out
+
+
+def resolve_template(name: str, tok: LoadedTokenizer) -> str:
+    """`auto` → `tokenizer` when it has its own chat template, else its family's named one."""
+    try:
+        renderer = get_renderer(name, tok.hf, default=get_spec(tok.name).chat_template)
+    except TemplateError as exc:
+        raise DataprepError(str(exc)) from exc
+    return renderer.name
+
+
+def pad_id(tok: LoadedTokenizer) -> int:
+    """The tokenizer's pad id, else its eos (labels never use it: they use -100)."""
+    pad = getattr(tok.hf, "pad_token_id", None)
+    if pad is None:
+        pad = tok.eod
+    if pad is None:
+        raise DataprepError(f"the tokenizer in {tok.path} has neither a pad nor an eos token")
+    return int(pad)
+
+
+def probe_segments(files: list[str], options: SFTOptions, tok: LoadedTokenizer, limit: int,
+                   max_chars: int = 256_000) -> list[str]:
+    """The chat segments of the first valid records (skipping bad ones and parquet): the texts the
+    engine must tokenize exactly like the reference."""
+    renderer = get_renderer(options.template, tok.hf)
+    texts: list[str] = []
+    records = chars = 0
+    for chunk in ChunkReader(files, [], chunk_bytes=1 << 16):
+        if chunk.kind == "parquet":
+            continue
+        for line in read_chunk_lines(chunk):
+            if records >= limit or chars >= max_chars:
+                return texts
+            obj, reason = load_line(line) if line.strip() else (None, "blank")
+            if reason is not None:
+                continue
+            try:
+                segments = renderer.segments(to_conversation(obj, options.fmt, options.system), options.eos_text)
+            except (RecordError, TemplateError):
+                continue
+            records += 1
+            for text, _ in segments:
+                texts.append(text)
+                chars += len(text)
+    return texts
+
+
+def run_sft(config: SFTConfig, log=print) -> SFTSummary:
+    started = time.perf_counter()
+    files = expand_inputs(list(config.inputs))
+    resolved: dict[str, SFTOptions] = {}
+
+    def options_for(tok: LoadedTokenizer) -> SFTOptions:
+        if not resolved:
+            dtype = "int32" if config.layout == "pai" else optimal_dtype(tok.vocab_size).name
+            resolved["options"] = SFTOptions(
+                fmt=config.fmt, template=resolve_template(config.template, tok),
+                eos_text=tok.hf.eos_token or "", tokenizer_path=tok.path, system=config.system,
+                seq_length=config.seq_length, drop_long=config.drop_long,
+                trust_remote_code=config.trust_remote_code, dtype=dtype,
+                stop_at_first_reject=not config.skip_bad_records)
+        return resolved["options"]
+
+    trusted = start_trusted_workers(
+        WorkerConfig(tokenizer=config.tokenizer, tokenizer_path=config.tokenizer_path,
+                     backend=config.backend, workers=config.workers,
+                     trust_remote_code=config.trust_remote_code),
+        probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, config.probe_records),
+        check=options_for)
+    try:
+        for note in trusted.notes:
+            log(f"note: tokenizer engine {note}")
+        return _run(config, files, trusted, options_for(trusted.tokenizer), started)
+    finally:
+        trusted.executor.close()
+
+
+def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: SFTOptions,
+         started: float) -> SFTSummary:
+    tok = trusted.tokenizer
+    summary = SFTSummary(engine=trusted.engine, workers=config.workers, notes=trusted.notes,
+                         template=options.template, startup_seconds=time.perf_counter() - started,
+                         output=tokens_prefix(config.output_prefix))
+    parent = os.path.dirname(os.path.abspath(config.output_prefix))
+    os.makedirs(parent, exist_ok=True)
+    # pai: the records go to a temporary directory first; the rows need every length to pack
+    work = tempfile.mkdtemp(prefix=os.path.basename(config.output_prefix) + ".tmp-", dir=parent) \
+        if config.layout == "pai" else None
+    records_prefix = os.path.join(work, "records") if work else config.output_prefix
+    writer = NativeSFTWriter(records_prefix, options.dtype)
+    rejects = Rejects(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
+    reader = ChunkReader(files, [], config.chunk_bytes)
+    progress = Progress(reader.total_bytes(), config.progress, desc="sft")
+    lines = LineNumbers()
+    background = BackgroundCalls()
+    lengths: list[np.ndarray] = []
+    try:
+        for chunk, result in trusted.executor.map(partial(encode_sft_chunk, options), reader):
+            where = lines.resolver(chunk, result.n_lines)
+            for bad in result.rejected:
+                if rejects is None:
+                    raise DataprepError(
+                        f"{chunk.path}:{where(bad.local)}: {bad.reason} (pass --skip-bad-records to write "
+                        f"bad records to {config.output_prefix}.rejects.jsonl and go on)")
+                rejects.write(chunk.path, where(bad.local), bad.reason, bad.record)
+            if result.written:
+                background.submit(writer.add_records, result.ids, result.mask, result.lengths)
+            lengths.append(result.lengths)
+            summary.read += result.records
+            summary.written += result.written
+            summary.rejected += len(result.rejected)
+            summary.dropped_prompt += result.dropped_prompt
+            summary.dropped_long += result.dropped_long
+            summary.truncated += result.truncated
+            summary.tokens += len(result.ids)
+            summary.trained_tokens += int(result.mask.sum())
+            progress.update(chunk.source_bytes, result.written, len(result.ids))
+        background.drain()
+        if summary.written == 0:
+            raise DataprepError(f"no records to write: read {summary.read:,} (rejected {summary.rejected:,}, "
+                                f"dropped {summary.dropped:,}); nothing was written")
+        all_lengths = np.concatenate(lengths)
+        summary.max_length = int(all_lengths.max())
+        plan = _plan(config, all_lengths)
+        if plan is not None:
+            summary.packing = {"algorithm": config.packing_algorithm, "seq_length": config.seq_length,
+                               "seed": config.seed, "rows": plan.rows, "lower_bound": plan.lower_bound,
+                               "efficiency": round(plan.efficiency, 6)}
+        writer.finalize()
+        if config.layout == "pai":
+            records = NativeSFT(tokens_prefix(records_prefix), {"loss_mask": os.path.basename(
+                mask_prefix(records_prefix)), "tokenizer": {"pad": pad_id(tok)}})
+            summary.rows = write_pai(config.output_prefix, _pai_rows(records, plan, config.seq_length, pad_id(tok)))
+        if rejects is not None:
+            rejects.finalize()
+            summary.rejects_path = rejects.path
+    except BaseException:
+        background.close()
+        writer.abort()
+        if rejects is not None:
+            rejects.abort()
+        raise
+    finally:
+        background.close()
+        progress.close()
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+    summary.bytes_in = sum(os.path.getsize(p) for p in files)
+    write_sidecar(tokens_prefix(config.output_prefix), _sidecar(config, options, tok, files, summary))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _plan(config: SFTConfig, lengths: np.ndarray) -> PackingPlan | None:
+    """The rows: packed when asked, else one record per row (pai); None when there are no rows."""
+    if config.packing:
+        return PACKERS[config.packing_algorithm](lengths, config.seq_length, config.seed)
+    if config.layout == "pai":
+        n = len(lengths)
+        return PackingPlan(seq_len=config.seq_length, row_offsets=np.arange(n + 1), order=np.arange(n),
+                           lengths=lengths)
+    return None
+
+
+def _pai_rows(records: NativeSFT, plan: PackingPlan, seq_len: int, pad: int):
+    for r in range(plan.rows):
+        yield pai_row([records.record(i) for i in plan.row(r)], seq_len, pad)
+
+
+def _sidecar(config: SFTConfig, options: SFTOptions, tok: LoadedTokenizer, files: list[str],
+             summary: SFTSummary) -> dict:
+    """Deterministic (no times, no worker count): the same input and options give the same bytes."""
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "layout": NATIVE_LAYOUT if config.layout == "native" else PAI_LAYOUT,
+        "tool": {"name": "dataprep", "version": __version__, "command": "sft"},
+        "tokenizer": {"name": tok.name, "path": tok.path, "vocab_size": tok.vocab_size, "eod": tok.eod,
+                      "pad": pad_id(tok), "engine": summary.engine},
+        "template": options.template,
+        "record_format": config.fmt,
+        "system": config.system,
+        "seq_length": config.seq_length,
+        "drop_long": config.drop_long,
+        "dtype": options.dtype,
+        "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in files],
+        "counts": summary.counts(),
+        "packing": summary.packing,
+    }
+    if config.layout == "native":
+        sidecar["loss_mask"] = os.path.basename(mask_prefix(config.output_prefix))
+    else:
+        sidecar["rows"] = summary.rows
+    return sidecar
