@@ -1,0 +1,201 @@
+"""SFT samples for training: records (native idxmap or raw json) or Pai rows → padded or packed
+samples, and a collate function that batches packed rows of any micro-batch size.
+
+A sample is a dict of tensors of length L (L = seq_length when packed, pad_length otherwise):
+
+    tokens        int64  input ids (padding: the pad id)
+    labels        int64  next-token targets, -100 where not trained (never the pad id)
+    loss_mask     float  1.0 where labels != -100
+    position_ids  int64  restarting at 0 for each record (and for the padding tail)
+    cu_seqlens    int32  packed rows only: record boundaries [0, e1, ..., L]; the padding
+                         tail is its own segment (as Pai's reader counts it)
+    max_seqlen    int    packed rows only: the longest segment
+
+Records longer than the sample length are truncated (`sft_format.fit_record`, the writer's
+rule). Unpacked, every record is one sample, in a seeded order, so nothing needs tokenizing
+ahead (raw mode reads lazily); a record whose first prompt fills the sample length trains
+nothing (its loss mask is all zero): `dataprep sft --seq-length` drops such records ahead and
+counts them. Packed rows need every length anyway: they leave such records out, and come from
+best-fit-decreasing over the fitted lengths, computed once and cached under a hash of what
+decides them (lengths, seq_length, algorithm, seed). Pai-layout files are read as written;
+training them with another seq_length is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, shifted_labels
+
+PLAN_CACHE_VERSION = 1
+
+
+class RecordSource(Protocol):
+    """Records as token ids and loss masks (native idxmap or raw json)."""
+
+    lengths: np.ndarray
+    """Tokens per record (raw mode computes them on first use)."""
+    pad_id: int
+
+    def __len__(self) -> int: ...
+
+    def record(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTDatasetConfig:
+    seq_length: int
+    """Training sequence length: the row length of packed samples."""
+    packing: bool = False
+    """Pack records into rows of seq_length (Pai's MP_SFT_PACKING); else one record per sample."""
+    pad_length: int | None = None
+    """Unpacked samples are padded (and records fitted) to this length (Pai's PAD_LEN); default seq_length."""
+    seed: int = 1234
+    """Shuffles unpacked records and orders packed rows; which records share a row does not depend on it."""
+    shuffle: bool = True
+    """Unpacked: records in a seeded random order (False: file order)."""
+    packing_algorithm: str = "bfd"
+    """bfd (best-fit-decreasing) or next-fit (Pai's, file order)."""
+    cache_dir: str | None = None
+    """Where packing plans are cached (None: computed every time)."""
+
+    def __post_init__(self) -> None:
+        if self.seq_length < 2:
+            raise ValueError(f"seq_length must be at least 2, got {self.seq_length}")
+        if self.pad_length is not None and not 2 <= self.pad_length <= self.seq_length:
+            raise ValueError(f"pad_length must be in [2, seq_length={self.seq_length}], got {self.pad_length}")
+        if self.packing_algorithm not in ("bfd", "next-fit"):
+            raise ValueError(f"unknown packing_algorithm {self.packing_algorithm!r}; known: bfd, next-fit")
+
+    @property
+    def sample_length(self) -> int:
+        return self.seq_length if self.packing else (self.pad_length or self.seq_length)
+
+
+def segment_fields(bounds: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """position_ids, cu_seqlens and max_seqlen of a row whose records span ``bounds`` [(start, end)]."""
+    ends = [int(e) for _, e in bounds]
+    cu = [0, *ends] + ([length] if not ends or ends[-1] < length else [])
+    cu = np.asarray(cu, np.int32)
+    seglens = np.diff(cu)
+    positions = np.arange(length, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), seglens)
+    return positions, cu, int(seglens.max())
+
+
+def _sample(tokens: np.ndarray, labels: np.ndarray, bounds: np.ndarray | None) -> dict:
+    sample = {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
+              "loss_mask": torch.from_numpy((labels != IGNORE_INDEX).astype(np.float32))}
+    if bounds is None:
+        sample["position_ids"] = torch.arange(len(tokens), dtype=torch.int64)
+    else:
+        positions, cu, max_seqlen = segment_fields(bounds, len(tokens))
+        sample.update(position_ids=torch.from_numpy(positions), cu_seqlens=torch.from_numpy(cu),
+                      max_seqlen=max_seqlen)
+    return sample
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Samples over a record source (native or raw) or a Pai-layout file; picklable for DataLoader workers."""
+
+    def __init__(self, source: RecordSource | PaiSFT, config: SFTDatasetConfig) -> None:
+        self.source = source
+        self.config = config
+        if isinstance(source, PaiSFT):
+            if source.seq_len != config.seq_length:
+                raise ValueError(
+                    f"{source.prefix}: built for seq_length {source.seq_len} (rows of {2 * source.seq_len} "
+                    f"values), but training uses seq_length {config.seq_length}; rebuild it with "
+                    f"--seq-length {config.seq_length}, or use the native layout, which fits any length")
+            self._length = len(source)
+            return
+        if config.packing:
+            self.records, self.fitted = self._valid_records(config.seq_length)
+            self.plan = self._packing_plan()
+            self._length = self.plan.rows
+        else:
+            n = len(source)
+            self.order = np.random.default_rng(config.seed).permutation(n) if config.shuffle else np.arange(n)
+            self._length = n
+
+    def _valid_records(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the records that keep a trained token when fitted to ``length``, and their
+        fitted lengths. Only records longer than ``length`` can lose all, so only they are read."""
+        lengths = np.asarray(self.source.lengths, np.int64)
+        keep = np.ones(len(lengths), bool)
+        for i in np.flatnonzero(lengths > length).tolist():
+            ids, mask = self.source.record(i)
+            keep[i] = fit_record(ids, mask, length)[2] == FIT_TRUNCATED
+        records = np.flatnonzero(keep)
+        return records, np.minimum(lengths[records], length)
+
+    def _packing_plan(self) -> PackingPlan:
+        c = self.config
+        key = hashlib.sha256(b"%d|%d|%s|%d|" % (PLAN_CACHE_VERSION, c.seq_length, c.packing_algorithm.encode(),
+                                                 c.seed) + self.fitted.tobytes()).hexdigest()[:32]
+        path = os.path.join(c.cache_dir, f"sft-packing-{key}.npz") if c.cache_dir else None
+        if path and os.path.exists(path):
+            with np.load(path, allow_pickle=False) as cached:
+                return PackingPlan(seq_len=c.seq_length, row_offsets=cached["row_offsets"],
+                                   order=cached["order"], lengths=self.fitted)
+        if c.packing_algorithm == "bfd":
+            plan = pack_best_fit_decreasing(self.fitted, c.seq_length, c.seed)
+        else:
+            plan = pack_next_fit(self.fitted, c.seq_length)
+        if path:
+            os.makedirs(c.cache_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npz"  # concurrent builders each write their own, then rename
+            np.savez(tmp, row_offsets=plan.row_offsets, order=plan.order)
+            os.replace(tmp, path)
+        return plan
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _fitted(self, i: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The record truncated to ``length`` (when its prompt fills it, no token is trained)."""
+        ids, mask = self.source.record(int(i))
+        return ids[:length], mask[:length]
+
+    def __getitem__(self, idx: int) -> dict:
+        if not 0 <= idx < self._length:
+            raise IndexError(f"sample {idx} out of range for {self._length} samples")
+        if isinstance(self.source, PaiSFT):
+            tokens, labels, bounds = self.source.row(idx)
+            return _sample(tokens, labels, bounds)
+        length = self.config.sample_length
+        tokens = np.full(length, self.source.pad_id, np.int64)
+        labels = np.full(length, IGNORE_INDEX, np.int64)
+        if not self.config.packing:
+            ids, mask = self._fitted(self.order[idx], length)
+            tokens[:len(ids)] = ids
+            labels[:len(ids)] = shifted_labels(ids, mask)
+            return _sample(tokens, labels, None)
+        bounds, at = [], 0
+        for k in self.plan.row(idx):
+            ids, mask = self._fitted(self.records[k], length)
+            tokens[at:at + len(ids)] = ids
+            labels[at:at + len(ids)] = shifted_labels(ids, mask)
+            bounds.append((at, at + len(ids)))
+            at += len(ids)
+        return _sample(tokens, labels, np.asarray(bounds, np.int64))
+
+
+def collate_sft(samples: list[dict]) -> dict:
+    """Stack samples into a micro-batch [B, L]; packed rows also get batch-level ``cu_seqlens``
+    over the flattened batch (THD: row b's boundaries shifted by b * L) and ``max_seqlen``."""
+    if not samples:
+        raise ValueError("collate_sft needs at least one sample")
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    if "cu_seqlens" in samples[0]:
+        length = samples[0]["tokens"].numel()
+        parts = [s["cu_seqlens"][:-1] + b * length for b, s in enumerate(samples)]
+        batch["cu_seqlens"] = torch.cat(parts + [torch.tensor([len(samples) * length], dtype=torch.int32)])
+        batch["max_seqlen"] = max(int(s["max_seqlen"]) for s in samples)
+    return batch
