@@ -199,3 +199,31 @@ def collate_sft(samples: list[dict]) -> dict:
         batch["cu_seqlens"] = torch.cat(parts + [torch.tensor([len(samples) * length], dtype=torch.int32)])
         batch["max_seqlen"] = max(int(s["max_seqlen"]) for s in samples)
     return batch
+
+
+DATASET_TYPES = ("idxmap", "raw")
+
+
+def build_sft_dataset(data_path: str | list[str], config: SFTDatasetConfig, *, dataset_type: str | None = None,
+                      tokenizer: str | None = None, tokenizer_path: str | None = None, template: str = "auto",
+                      fmt: str = "auto", system: str | None = None) -> SFTDataset:
+    """The SFT dataset the trainer uses: ``dataset_type`` (default: ``$MP_DATASET_TYPE``, else
+    idxmap) picks an idxmap prefix (native or Pai layout) or raw json/jsonl files (which need
+    the tokenizer name, and its path unless bundled)."""
+    kind = (dataset_type or os.environ.get("MP_DATASET_TYPE") or "idxmap").lower()
+    if kind not in DATASET_TYPES:
+        raise ValueError(f"MP_DATASET_TYPE must be one of {', '.join(DATASET_TYPES)}, got {kind!r}")
+    paths = [data_path] if isinstance(data_path, str) else list(data_path)
+    if kind == "raw":
+        from dataset_engine.raw import open_raw_sft
+
+        if tokenizer is None:
+            raise ValueError("raw SFT data needs a tokenizer name (e.g. Qwen3Tokenizer) to tokenize it")
+        source = open_raw_sft(paths, tokenizer=tokenizer, tokenizer_path=tokenizer_path, template=template,
+                              fmt=fmt, system=system, cache_dir=config.cache_dir)
+        return SFTDataset(source, config)
+    if len(paths) != 1:
+        raise ValueError(f"an SFT idxmap is one prefix, got {len(paths)} paths")
+    from dataset_engine.sft_format import open_sft
+
+    return SFTDataset(open_sft(paths[0]), config)

@@ -108,6 +108,12 @@ class NativeSFT:
         self.lengths = self.tokens.sequence_lengths.astype(np.int64)
         self.pad_id = int(self.sidecar["tokenizer"]["pad"])
 
+    def __getstate__(self) -> dict:  # DataLoader workers reopen the maps
+        return {"prefix": self.prefix, "sidecar": self.sidecar}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def __len__(self) -> int:
         return len(self.lengths)
 
@@ -164,6 +170,12 @@ class PaiSFT:
             raise IdxmapError(f"{self.prefix}: not a Pai SFT idxmap: rows must all hold 2 x seq_len "
                               f"values (found lengths {sorted(set(lengths[:1000].tolist()))[:5]})")
         self.seq_len = int(lengths[0]) // 2
+
+    def __getstate__(self) -> dict:  # DataLoader workers reopen the map
+        return {"prefix": self.prefix, "sidecar": self.sidecar}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -1,0 +1,293 @@
+"""Raw mode (``MP_DATASET_TYPE=raw``): SFT records read straight from json / jsonl, tokenized lazily.
+
+Pai's raw mode tokenizes the whole file on every rank at start-up. Here a file is indexed once:
+the byte span and line of every record, found by vectorised scans (numpy over 16 MiB blocks):
+
+* jsonl: the newlines; blank lines are skipped;
+* a JSON array (Pai's ``alpaca_zh-train-general.json``): the commas and brackets at depth 1,
+  outside strings. A quote is escaped when an odd run of backslashes precedes it; backslash
+  runs and string state are carried across blocks.
+
+The index is cached (``.npz``, no pickle) under a hash of the file's path, size and mtime, so
+later starts skip the scan. A record is tokenized when first asked for, by the very code of
+`dataprep sft` (`dataprep.sft_records.SFTEncoder`: the same formats, template and engine), so
+for the same files and options raw mode yields exactly the samples of the idxmap path. Packing
+needs every record's length: they are computed on first use (in batches) and cached too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 16 << 20
+INDEX_VERSION = 1
+_WS = b" \t\r\n"
+
+# Byte classes for the JSON array scan.
+_QUOTE, _BACKSLASH, _OPEN, _CLOSE, _COMMA, _NEWLINE = 1, 2, 3, 4, 5, 6
+_CLASS = np.zeros(256, np.uint8)
+_CLASS[ord('"')], _CLASS[ord("\\")], _CLASS[ord(",")], _CLASS[ord("\n")] = _QUOTE, _BACKSLASH, _COMMA, _NEWLINE
+_CLASS[[ord("["), ord("{")]] = _OPEN
+_CLASS[[ord("]"), ord("}")]] = _CLOSE
+
+
+class RawIndexError(ValueError):
+    """A raw json file whose records cannot be found (not jsonl, not a well-formed array)."""
+
+
+@dataclass
+class RecordIndex:
+    """Byte spans [start, end) and 1-based lines of the records of one file."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    lines: np.ndarray
+
+
+def _blocks(data: np.ndarray):
+    for offset in range(0, len(data), BLOCK):
+        yield offset, data[offset:offset + BLOCK]
+
+
+def _jsonl_index(data: np.ndarray, skip: int) -> RecordIndex:
+    newlines = np.concatenate([np.flatnonzero(b == 10) + off for off, b in _blocks(data)] or [np.zeros(0, np.int64)])
+    starts = np.concatenate([[skip], newlines + 1]).astype(np.int64)
+    ends = np.concatenate([newlines, [len(data)]]).astype(np.int64)
+    lines = np.arange(1, len(starts) + 1, dtype=np.int64)
+    # a line is a record unless blank: records start with '{' (checked in bulk); the rest by hand
+    first = np.full(len(starts), ord(" "), np.uint8)
+    has = starts < ends
+    first[has] = data[starts[has]]
+    keep = ~np.isin(first, np.frombuffer(_WS, np.uint8))
+    for i in np.flatnonzero(~keep).tolist():
+        keep[i] = bool(data[starts[i]:ends[i]].tobytes().strip())
+    return RecordIndex(starts[keep], ends[keep], lines[keep])
+
+
+def _array_index(data: np.ndarray, path: str) -> RecordIndex:
+    in_string, depth, carry_run = False, 0, 0
+    delimiters, newlines, elements = [], [], []
+    for off, b in _blocks(data):
+        pos = np.flatnonzero(_CLASS[b])
+        cls = _CLASS[b[pos]]
+        newlines.append(pos[cls == _NEWLINE] + off)
+        bs = pos[cls == _BACKSLASH]
+        escaped = np.zeros(0, np.int64)
+        if bs.size:
+            breaks = np.flatnonzero(np.diff(bs) != 1)
+            run_starts, run_ends = bs[np.r_[0, breaks + 1]], bs[np.r_[breaks, bs.size - 1]]
+            run_lens = run_ends - run_starts + 1
+            if run_starts[0] == 0:
+                run_lens[0] += carry_run
+            elif carry_run % 2:
+                escaped = np.array([0])
+            escaped = np.concatenate([escaped, run_ends[run_lens % 2 == 1] + 1])
+            carry_run = int(run_lens[-1]) if run_ends[-1] == len(b) - 1 else 0
+        else:
+            escaped = np.array([0]) if carry_run % 2 else escaped
+            carry_run = 0
+        quotes = pos[cls == _QUOTE]
+        if escaped.size:
+            quotes = quotes[~np.isin(quotes, escaped)]
+        structural = pos[(cls == _OPEN) | (cls == _CLOSE) | (cls == _COMMA)]
+        outside = (np.searchsorted(quotes, structural) + in_string) % 2 == 0
+        structural = structural[outside]
+        kind = _CLASS[b[structural]]
+        delta = np.where(kind == _OPEN, 1, np.where(kind == _CLOSE, -1, 0))
+        before = depth + np.cumsum(delta) - delta
+        outer = ((kind == _OPEN) & (before == 0)) | ((kind != _OPEN) & (before == 1))
+        delimiters.append(structural[outer] + off)
+        # where each element's value starts: the structural char right after a delimiter
+        follows = np.flatnonzero(outer[:-1]) + 1
+        elements.append(structural[follows] + off)
+        in_string = bool((in_string + quotes.size) % 2)
+        depth += int(delta.sum())
+        if depth < 0:
+            raise RawIndexError(f"{path}: unbalanced brackets (a ']' or '}}' closes nothing)")
+    delims = np.concatenate(delimiters)
+    if in_string or depth != 0 or delims.size < 2 or data[delims[0]] != ord("[") or data[delims[-1]] != ord("]"):
+        raise RawIndexError(f"{path}: not a complete JSON array (truncated, or not JSON)")
+    if not data[delims[-1] + 1:].tobytes().strip() == b"" or data[:delims[0]].tobytes().strip(b" \t\r\n\xef\xbb\xbf"):
+        raise RawIndexError(f"{path}: unexpected data outside the top-level JSON array")
+    starts, ends = delims[:-1] + 1, delims[1:]
+    newlines = np.concatenate(newlines)
+    value_at = np.concatenate(elements) if elements else np.zeros(0, np.int64)
+    # line of each element: of its first structural char when it is an object/array, else of its start
+    k = np.searchsorted(value_at, starts)
+    first = np.where(k < len(value_at), value_at[np.minimum(k, len(value_at) - 1)], starts)
+    first = np.where(first < ends, first, starts)
+    lines = np.searchsorted(newlines, first) + 1
+    if len(starts) == 1 and not data[starts[0]:ends[0]].tobytes().strip():
+        return RecordIndex(starts[:0], ends[:0], lines[:0])  # "[]"
+    return RecordIndex(starts.astype(np.int64), ends.astype(np.int64), lines.astype(np.int64))
+
+
+def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
+    """The records of a jsonl file or JSON array, cached in ``cache_dir`` when given."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{INDEX_VERSION}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    cached = os.path.join(cache_dir, f"raw-index-{key}.npz") if cache_dir else None
+    if cached and os.path.exists(cached):
+        with np.load(cached, allow_pickle=False) as z:
+            return RecordIndex(z["starts"], z["ends"], z["lines"])
+    with open(path, "rb") as f:
+        if st.st_size == 0:
+            return RecordIndex(*(np.zeros(0, np.int64),) * 3)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            data = np.frombuffer(mm, np.uint8)
+            try:
+                skip = 3 if data[:3].tobytes() == b"\xef\xbb\xbf" else 0
+                head = data[skip:skip + 4096].tobytes().lstrip()
+                index = _array_index(data, path) if head[:1] == b"[" else _jsonl_index(data, skip)
+            finally:
+                del data
+    if cached:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{cached}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, starts=index.starts, ends=index.ends, lines=index.lines)
+        os.replace(tmp, cached)
+    return index
+
+
+class RawSFT:
+    """SFT records of json/jsonl files, tokenized on access: ``record(i) -> (ids, mask)``.
+
+    Picklable for DataLoader workers: the engine is rebuilt in each process from its spec.
+    """
+
+    def __init__(self, paths: list[str], encoder_spec, options, pad_id: int,
+                 cache_dir: str | None = None, cache_records: int = 4096) -> None:
+        self.paths = list(paths)
+        self.encoder_spec = encoder_spec
+        self.options = options
+        self.pad_id = pad_id
+        self.cache_dir = cache_dir
+        self.cache_records = cache_records
+        indexes = [index_records(p, cache_dir) for p in self.paths]
+        self._file = np.concatenate([np.full(len(ix.starts), k, np.int32) for k, ix in enumerate(indexes)] or [np.zeros(0, np.int32)])
+        self._starts = np.concatenate([ix.starts for ix in indexes] or [np.zeros(0, np.int64)])
+        self._ends = np.concatenate([ix.ends for ix in indexes] or [np.zeros(0, np.int64)])
+        self._lines = np.concatenate([ix.lines for ix in indexes] or [np.zeros(0, np.int64)])
+        self._lengths: np.ndarray | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._encoder = None
+        self._maps: dict[int, mmap.mmap] = {}
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in ("_encoder", "_maps", "_cache"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def where(self, i: int) -> str:
+        return f"{self.paths[self._file[i]]}:{int(self._lines[i])}"
+
+    def _encoder_(self):
+        if self._encoder is None:
+            from dataprep.sft_records import SFTEncoder
+            from dataprep.tokenizers import build_engine
+
+            self._encoder = SFTEncoder(build_engine(self.encoder_spec), self.options)
+        return self._encoder
+
+    def _object(self, i: int):
+        k = int(self._file[i])
+        if k not in self._maps:
+            with open(self.paths[k], "rb") as f:
+                self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        raw = self._maps[k][int(self._starts[i]):int(self._ends[i])]
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.where(i)}: invalid JSON: {exc}") from None
+
+    def _encode(self, indices: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for i, outcome in zip(indices, self._encoder_().encode_objects([self._object(i) for i in indices])):
+            if isinstance(outcome, str):
+                raise ValueError(f"{self.where(i)}: {outcome}")
+            out.append(outcome[:2])
+        return out
+
+    def record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(i)
+        hit = self._cache.get(i)
+        if hit is None:
+            hit = self._cache[i] = self._encode([i])[0]
+            if len(self._cache) > self.cache_records:
+                self._cache.popitem(last=False)
+        return hit
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per record; tokenizes every record once (batches of 1024), then cached."""
+        if self._lengths is None:
+            self._lengths = self._cached_lengths()
+        return self._lengths
+
+    def _cached_lengths(self) -> np.ndarray:
+        path = None
+        if self.cache_dir:
+            ident = [self.encoder_spec.engine, hashlib.sha256((self.encoder_spec.tokenizer_json or self.encoder_spec.path).encode()).hexdigest(),
+                     repr(self.options)] + [f"{os.path.abspath(p)}|{os.stat(p).st_size}|{os.stat(p).st_mtime_ns}" for p in self.paths]
+            key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:32]
+            path = os.path.join(self.cache_dir, f"raw-lengths-{key}.npy")
+            if os.path.exists(path):
+                return np.load(path, allow_pickle=False)
+        lengths = np.zeros(len(self), np.int64)
+        for lo in range(0, len(self), 1024):
+            batch = list(range(lo, min(lo + 1024, len(self))))
+            lengths[lo:lo + len(batch)] = [len(ids) for ids, _ in self._encode(batch)]
+        if path:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npy"
+            np.save(tmp, lengths)
+            os.replace(tmp, path)
+        return lengths
+
+
+def open_raw_sft(paths: list[str], *, tokenizer: str, tokenizer_path: str | None = None,
+                 template: str = "auto", fmt: str = "auto", system: str | None = None,
+                 backend: str = "auto", trust_remote_code: bool = False,
+                 cache_dir: str | None = None) -> RawSFT:
+    """Raw records with `dataprep sft`'s formatting and the fastest engine that reproduces the
+    reference tokenizer on this input (the same start-up check as `dataprep sft`, in-process)."""
+    from dataprep.sft import SFTOptions, pad_id, probe_segments, resolve_template
+    from dataprep.sources import expand_inputs
+    from dataprep.workers import WorkerConfig, start_trusted_workers
+
+    files = expand_inputs(list(paths))
+    resolved: dict = {}
+
+    def options_for(tok) -> SFTOptions:
+        if not resolved:
+            resolved["options"] = SFTOptions(
+                fmt=fmt, template=resolve_template(template, tok), eos_text=tok.hf.eos_token or "",
+                tokenizer_path=tok.path, system=system, trust_remote_code=trust_remote_code)
+        return resolved["options"]
+
+    trusted = start_trusted_workers(
+        WorkerConfig(tokenizer=tokenizer, tokenizer_path=tokenizer_path, backend=backend, workers=1,
+                     trust_remote_code=trust_remote_code),
+        probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, limit=64),
+        check=options_for)
+    trusted.executor.close()
+    tok = trusted.tokenizer
+    return RawSFT(files, tok.engine_spec(trusted.engine), options_for(tok), pad_id(tok), cache_dir)
