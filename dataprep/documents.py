@@ -97,6 +97,23 @@ class RecordDecoder:
         return [[getattr(r, n) for r in records] for n in self._names]
 
 
+def one_object_per_line(lines: list[bytes], decoded: int) -> bool:
+    """Whether ``decoded`` values (msgspec's ``decode_lines``) came one per non-blank line.
+
+    Equal counts are not enough: a value split across two lines and two values on another line
+    cancel out. Each non-blank line starting with '{' and ending with '}' rules out a split
+    value: JSON allows ``}`` followed by ``{`` only between top-level values.
+    """
+    nonblank = 0
+    for line in lines:
+        line = line.strip()
+        if line:
+            if line[:1] != b"{" or line[-1:] != b"}":
+                return False
+            nonblank += 1
+    return nonblank == decoded
+
+
 def _type_name(value: Any) -> str:
     return "null" if value is None else {dict: "object", list: "array", str: "string",
                                           bool: "boolean"}.get(type(value), type(value).__name__)
@@ -199,9 +216,9 @@ class DocumentEncoder:
         lines = split_lines(data)
         result.n_lines = len(lines)
         values = self._decoder.decode(data)
-        # msgspec checked every record (lone surrogates included); its count must also be one
-        # record per non-blank line, or some line held two objects
-        if values is not None and len(values[0]) == sum(1 for x in lines if x.strip()):
+        # msgspec checked every record (lone surrogates included); it also accepts a value split
+        # across lines or two on one line, so the lines must each hold exactly one object
+        if values is not None and one_object_per_line(lines, len(values[0])):
             result.records = len(values[0])
             return values
         # Slow path: record by record, naming each bad one.

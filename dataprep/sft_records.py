@@ -20,7 +20,7 @@ import numpy as np
 
 from dataprep.chat_template import TemplateError, encode_segments, get_renderer
 from dataprep.conversations import RecordError, to_conversation
-from dataprep.documents import Rejected, clip_record, load_line, worker_engine
+from dataprep.documents import Rejected, clip_record, load_line, one_object_per_line, worker_engine
 from dataprep.sources import Chunk, read_chunk_data, split_lines
 from dataprep.tokenizers import Engine, auto_tokenizer
 from dataset_engine.sft_format import FIT_DROPPED_LONG, FIT_DROPPED_PROMPT, FIT_TRUNCATED, fit_record
@@ -131,7 +131,7 @@ class SFTEncoder:
         nonblank = [i for i, line in enumerate(lines) if line.strip()]
         result.records = len(nonblank)
         objects = _decode_lines(data)
-        if objects is not None and len(objects) == len(nonblank):
+        if objects is not None and one_object_per_line(lines, len(objects)):
             return nonblank, objects
         kept_locals, kept = [], []
         for i in nonblank:

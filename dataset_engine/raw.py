@@ -5,8 +5,9 @@ the byte span and line of every record, found by vectorised scans (numpy over 16
 
 * jsonl: the newlines; blank lines are skipped;
 * a JSON array (Pai's ``alpaca_zh-train-general.json``): the commas and brackets at depth 1,
-  outside strings. A quote is escaped when an odd run of backslashes precedes it; backslash
-  runs and string state are carried across blocks.
+  outside strings. A quote is escaped when an odd run of backslashes precedes it (checked one
+  by one: only quotes right after a backslash, which are rare); string state and depth are
+  carried across blocks.
 
 The index is cached (``.npz``, no pickle) under a hash of the file's path, size and mtime, so
 later starts skip the scan. A record is tokenized when first asked for, by the very code of
@@ -31,9 +32,9 @@ INDEX_VERSION = 1
 _WS = b" \t\r\n"
 
 # Byte classes for the JSON array scan.
-_QUOTE, _BACKSLASH, _OPEN, _CLOSE, _COMMA, _NEWLINE = 1, 2, 3, 4, 5, 6
+_QUOTE, _OPEN, _CLOSE, _COMMA, _NEWLINE = 1, 3, 4, 5, 6
 _CLASS = np.zeros(256, np.uint8)
-_CLASS[ord('"')], _CLASS[ord("\\")], _CLASS[ord(",")], _CLASS[ord("\n")] = _QUOTE, _BACKSLASH, _COMMA, _NEWLINE
+_CLASS[ord('"')], _CLASS[ord(",")], _CLASS[ord("\n")] = _QUOTE, _COMMA, _NEWLINE
 _CLASS[[ord("["), ord("{")]] = _OPEN
 _CLASS[[ord("]"), ord("}")]] = _CLOSE
 
@@ -71,35 +72,32 @@ def _jsonl_index(data: np.ndarray, skip: int) -> RecordIndex:
     return RecordIndex(starts[keep], ends[keep], lines[keep])
 
 
+def _escaped(data: np.ndarray, p: int) -> bool:
+    """Whether the quote at ``p`` is escaped: an odd run of backslashes right before it (rare)."""
+    run = 0
+    while p - run - 1 >= 0 and data[p - run - 1] == 92:
+        run += 1
+    return run % 2 == 1
+
+
 def _array_index(data: np.ndarray, path: str) -> RecordIndex:
-    in_string, depth, carry_run = False, 0, 0
+    in_string, depth = False, 0
     delimiters, newlines, elements = [], [], []
     for off, b in _blocks(data):
-        pos = np.flatnonzero(_CLASS[b])
-        cls = _CLASS[b[pos]]
+        classes = _CLASS[b]
+        pos = np.flatnonzero(classes)
+        cls = classes[pos]
         newlines.append(pos[cls == _NEWLINE] + off)
-        bs = pos[cls == _BACKSLASH]
-        escaped = np.zeros(0, np.int64)
-        if bs.size:
-            breaks = np.flatnonzero(np.diff(bs) != 1)
-            run_starts, run_ends = bs[np.r_[0, breaks + 1]], bs[np.r_[breaks, bs.size - 1]]
-            run_lens = run_ends - run_starts + 1
-            if run_starts[0] == 0:
-                run_lens[0] += carry_run
-            elif carry_run % 2:
-                escaped = np.array([0])
-            escaped = np.concatenate([escaped, run_ends[run_lens % 2 == 1] + 1])
-            carry_run = int(run_lens[-1]) if run_ends[-1] == len(b) - 1 else 0
-        else:
-            escaped = np.array([0]) if carry_run % 2 else escaped
-            carry_run = 0
         quotes = pos[cls == _QUOTE]
-        if escaped.size:
-            quotes = quotes[~np.isin(quotes, escaped)]
+        after_backslash = np.flatnonzero(data[np.maximum(quotes + off - 1, 0)] == 92)
+        if after_backslash.size:  # only quotes right after a backslash can be escaped
+            keep = np.ones(quotes.size, bool)
+            keep[after_backslash] = [not _escaped(data, int(quotes[k]) + off) for k in after_backslash.tolist()]
+            quotes = quotes[keep]
         structural = pos[(cls == _OPEN) | (cls == _CLOSE) | (cls == _COMMA)]
         outside = (np.searchsorted(quotes, structural) + in_string) % 2 == 0
         structural = structural[outside]
-        kind = _CLASS[b[structural]]
+        kind = cls[np.searchsorted(pos, structural)]
         delta = np.where(kind == _OPEN, 1, np.where(kind == _CLOSE, -1, 0))
         before = depth + np.cumsum(delta) - delta
         outer = ((kind == _OPEN) & (before == 0)) | ((kind != _OPEN) & (before == 1))

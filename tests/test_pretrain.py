@@ -823,6 +823,17 @@ def test_two_objects_on_one_line_is_a_bad_record(work, tiny):
         tiny_pretrain(tiny, path, d / "out" / "ds")
 
 
+def test_a_value_split_across_lines_is_a_bad_record_even_when_counts_match(work, tiny):
+    """msgspec reads a value split over two lines; a second line holding two objects made the
+    record count match the line count, and the split record went through unreported."""
+    d = work / "split-value"
+    (d / "out").mkdir(parents=True)
+    path = d / "in.jsonl"
+    path.write_text('{"text": "a"}\n{"text":\n "b"} {"text": "c"}\n{"text": "d"}\n', encoding="utf-8")
+    with pytest.raises(DataprepError, match=re.escape(f"{path}:2: invalid JSON")):
+        tiny_pretrain(tiny, path, d / "out" / "ds")
+
+
 def test_invalid_utf8_in_a_json_array_names_its_line(work, tiny):
     d = work / "array-utf8"
     (d / "out").mkdir(parents=True)

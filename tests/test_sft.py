@@ -9,15 +9,13 @@ next-fit packing written here, megatron-core's `IndexedDataset` reader, and line
 
 import copy
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from conftest import EOS_TEXT, ROOT, cli_command, cli_env, run_cli
+from conftest import EOS_TEXT, ROOT, run_cli
 from dataprep.chat_template import TEMPLATES, HFChatTemplate, encode_conversation
 from dataprep.conversations import to_conversation
 from dataprep.errors import DataprepError
@@ -429,6 +427,23 @@ def test_bad_record_fails_fast_with_file_line_and_no_output(work, kind, layout):
         assert word in message, message
     assert "\n" not in message
     assert files_in(out) == []  # no final .bin/.idx/.json, and nothing temporary left
+
+
+@pytest.mark.parametrize("second,third", [
+    ('{"instruction": "a", "output": "b"} {"instruction": "c", "output": "d"}', '{"instruction": "e", "output": "f"}'),
+    ('{"instruction": "a",', '"output": "b"} {"instruction": "c", "output": "d"}'),
+], ids=["two-objects-on-a-line", "object-across-two-lines"])
+def test_a_line_that_is_not_one_json_value_is_invalid_json(work, second, third):
+    """jsonl is one JSON value per line: line 2 is a bad record in both files (with the second one,
+    the values per line still add up to the number of lines)."""
+    d = work / f"not-one-value-{len(second)}"
+    d.mkdir()
+    path = d / "in.jsonl"
+    path.write_text("\n".join(['{"instruction": "q", "output": "r"}', second, third]) + "\n", encoding="utf-8")
+    with pytest.raises(DataprepError) as caught:
+        sft(path, d / "out" / "ds")
+    assert str(caught.value).startswith(f"{path}:2: invalid JSON"), str(caught.value)
+    assert files_in(d / "out") == []
 
 
 def test_skip_bad_records_writes_rejects_and_counts(work, reference_tokenizer):
