@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +35,10 @@ from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fi
 from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, shifted_labels
 
 PLAN_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("DATAPREP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dataprep")
 
 
 class RecordSource(Protocol):
@@ -63,8 +67,10 @@ class SFTDatasetConfig:
     """Unpacked: records in a seeded random order (False: file order)."""
     packing_algorithm: str = "bfd"
     """bfd (best-fit-decreasing) or next-fit (Pai's, file order)."""
-    cache_dir: str | None = None
-    """Where packing plans are cached (None: computed every time)."""
+    cache_dir: str | None = field(default_factory=lambda: default_cache_dir())
+    """Where packing plans and raw-mode indexes are cached (None: computed every time); default
+    ``$DATAPREP_CACHE``, else ``~/.cache/dataprep``: per machine, so nodes without a shared disk
+    each keep their own, and concurrent ranks write under temporary names then rename."""
 
     def __post_init__(self) -> None:
         if self.seq_length < 2:
