@@ -81,7 +81,7 @@ def _escaped(data: np.ndarray, p: int) -> bool:
 
 
 def _array_index(data: np.ndarray, path: str) -> RecordIndex:
-    in_string, depth = False, 0
+    in_string, depth, pending = False, 0, False
     delimiters, newlines, elements = [], [], []
     for off, b in _blocks(data):
         classes = _CLASS[b]
@@ -103,14 +103,19 @@ def _array_index(data: np.ndarray, path: str) -> RecordIndex:
         outer = ((kind == _OPEN) & (before == 0)) | ((kind != _OPEN) & (before == 1))
         delimiters.append(structural[outer] + off)
         # where each element's value starts: the structural char right after a delimiter
-        follows = np.flatnonzero(outer[:-1]) + 1
+        # (the delimiter may have been the last one of the previous block)
+        follows = np.flatnonzero(np.concatenate([[pending], outer[:-1]])) if structural.size else []
         elements.append(structural[follows] + off)
+        pending = bool(outer[-1]) if structural.size else pending
         in_string = bool((in_string + quotes.size) % 2)
         depth += int(delta.sum())
         if depth < 0:
             raise RawIndexError(f"{path}: unbalanced brackets (a ']' or '}}' closes nothing)")
     delims = np.concatenate(delimiters)
-    if in_string or depth != 0 or delims.size < 2 or data[delims[0]] != ord("[") or data[delims[-1]] != ord("]"):
+    closes = np.flatnonzero(data[delims] == ord("]")) if delims.size else delims
+    if closes.size and closes[0] != delims.size - 1:
+        raise RawIndexError(f"{path}: unexpected data outside the top-level JSON array")
+    if in_string or depth != 0 or not closes.size or data[delims[0]] != ord("["):
         raise RawIndexError(f"{path}: not a complete JSON array (truncated, or not JSON)")
     if not data[delims[-1] + 1:].tobytes().strip() == b"" or data[:delims[0]].tobytes().strip(b" \t\r\n\xef\xbb\xbf"):
         raise RawIndexError(f"{path}: unexpected data outside the top-level JSON array")
@@ -135,17 +140,13 @@ def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     if cached and os.path.exists(cached):
         with np.load(cached, allow_pickle=False) as z:
             return RecordIndex(z["starts"], z["ends"], z["lines"])
-    with open(path, "rb") as f:
-        if st.st_size == 0:
-            return RecordIndex(*(np.zeros(0, np.int64),) * 3)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            data = np.frombuffer(mm, np.uint8)
-            try:
-                skip = 3 if data[:3].tobytes() == b"\xef\xbb\xbf" else 0
-                head = data[skip:skip + 4096].tobytes().lstrip()
-                index = _array_index(data, path) if head[:1] == b"[" else _jsonl_index(data, skip)
-            finally:
-                del data
+    if st.st_size == 0:
+        return RecordIndex(*(np.zeros(0, np.int64),) * 3)
+    data = np.memmap(path, np.uint8, mode="r")  # unmapped when the last view goes
+    skip = 3 if data[:3].tobytes() == b"\xef\xbb\xbf" else 0
+    head = data[skip:skip + 4096].tobytes().lstrip()
+    index = _array_index(data, path) if head[:1] == b"[" else _jsonl_index(data, skip)
+    del data
     if cached:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{cached}.{os.getpid()}.tmp.npz"
