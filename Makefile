@@ -26,6 +26,9 @@ demo: install
 	$(BIN)/dataprep pretrain --input dataprep/samples/pretrain_sample.jsonl \
 	    --tokenizer DeepSeekV2Tokenizer --output-prefix $(DEMO_OUT)/mmap_deepseekv2_datasets --workers 2
 	$(BIN)/dataprep inspect $(DEMO_OUT)/mmap_deepseekv2_datasets_text_document --decode --sample 0 8 16
+	$(BIN)/dataprep sft --input dataprep/samples/alpaca_zh-sample.json dataprep/samples/chat_sample.jsonl \
+	    --tokenizer DeepSeekV2Tokenizer --output-prefix $(DEMO_OUT)/sft_deepseekv2 --seq-length 512 --packing --workers 2
+	$(BIN)/dataprep inspect $(DEMO_OUT)/sft_deepseekv2_text_document --decode --sample 3 70
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
