@@ -19,7 +19,7 @@ from dataprep import __version__
 from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
-from dataprep.rejects import Rejects
+from dataprep.rejects import Rejects, report_rejects
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs
 from dataprep.tokenizers import LoadedTokenizer
 from dataprep.workers import TrustedWorkers, WorkerConfig, start_trusted_workers
@@ -184,13 +184,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
     try:
         for chunk, result in executor.map(partial(encode_chunk, options), reader):
             where = lines.resolver(chunk, result.n_lines)
-            for bad in result.rejected:
-                if rejects is None:
-                    raise DataprepError(
-                        f"{chunk.path}:{where(bad.local)}: {bad.reason} "
-                        f"(pass --skip-bad-records to write bad records to "
-                        f"{config.output_prefix}.rejects.jsonl and go on)")
-                rejects.write(chunk.path, where(bad.local), bad.reason, bad.record)
+            report_rejects(rejects, chunk.path, where, result.rejected, config.output_prefix)
             for key, docs in result.keys.items():
                 background.submit(writers[key].add_documents, docs.tokens, docs.sequence_lengths,
                                   docs.sequences_per_document)

@@ -27,7 +27,7 @@ from dataprep.documents import load_line
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
 from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
-from dataprep.rejects import Rejects
+from dataprep.rejects import Rejects, report_rejects
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs, read_chunk_lines
 from dataprep.tokenizers import LoadedTokenizer, get_spec
@@ -257,12 +257,7 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
     try:
         for chunk, result in trusted.executor.map(partial(encode_sft_chunk, options), reader):
             where = lines.resolver(chunk, result.n_lines)
-            for bad in result.rejected:
-                if rejects is None:
-                    raise DataprepError(
-                        f"{chunk.path}:{where(bad.local)}: {bad.reason} (pass --skip-bad-records to write "
-                        f"bad records to {config.output_prefix}.rejects.jsonl and go on)")
-                rejects.write(chunk.path, where(bad.local), bad.reason, bad.record)
+            report_rejects(rejects, chunk.path, where, result.rejected, config.output_prefix)
             if result.written:
                 background.submit(writer.add_records, result.ids, result.mask, result.lengths)
             lengths.append(result.lengths)

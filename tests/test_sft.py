@@ -620,3 +620,45 @@ def test_cli_errors_are_one_line_exit_2(work, tmp_path, args, words):
     for word in words:
         assert word.replace("{missing}", missing) in lines[0], lines[0]
     assert files_in(out) == []
+
+
+def test_parquet_and_compressed_inputs_give_the_jsonl_bytes(work, reference_tokenizer):
+    """The same records as parquet (messages as list<struct>, alpaca as columns) and as .jsonl.gz
+    give the bytes of the plain jsonl run (sidecar inputs aside)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = work / "parquet"
+    d.mkdir()
+    chat = [r for r in MIXED if "messages" in r]
+    alpaca = [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+              for r in MIXED if "instruction" in r]
+    pq.write_table(pa.Table.from_pylist(chat), d / "chat.parquet", row_group_size=1)
+    pq.write_table(pa.Table.from_pylist(alpaca), d / "alpaca.parquet")
+    plain = write_jsonl(d / "all.jsonl", chat + alpaca)
+    with gzip.open(d / "all.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(plain.read_text("utf-8"))
+    runs = {name: sft(inputs, d / name / "out") for name, inputs in
+            [("jsonl", [plain]), ("parquet", [d / "chat.parquet", d / "alpaca.parquet"]), ("gz", [d / "all.jsonl.gz"])]}
+    assert {s.written for s in runs.values()} == {len(chat) + len(alpaca)}
+    reference = {ext: (d / "jsonl" / f"out_text_document{ext}").read_bytes() for ext in (".bin", ".idx")}
+    for name in ("parquet", "gz"):
+        for ext, data in reference.items():
+            assert (d / name / f"out_text_document{ext}").read_bytes() == data, (name, ext)
+    got, _, _ = megatron_native(d / "parquet" / "out")
+    assert [ids for ids, _ in got] == [expected_record(r, reference_tokenizer)[0] for r in chat + alpaca]
+
+
+def test_a_bad_parquet_row_is_named_by_its_row(work):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = work / "parquet-bad"
+    d.mkdir()
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    rows[3]["output"] = None
+    pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet", row_group_size=2)
+    with pytest.raises(DataprepError, match=r"in\.parquet:4: alpaca: missing key 'output'"):
+        sft(d / "in.parquet", d / "out" / "ds")

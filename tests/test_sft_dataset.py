@@ -6,7 +6,6 @@ raw index finds exactly the records `json` finds."""
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +303,28 @@ def test_empty_array_and_cached_index(tmp_path):
     np.testing.assert_array_equal(index_records(str(path), str(cache)).starts, first.starts)
     path.write_text(json.dumps(TRICKY[:2]), encoding="utf-8")  # changed file: a new key
     assert len(index_records(str(path), str(cache)).starts) == 2
+
+
+def test_raw_mode_with_the_tokenizers_own_template_in_dataloader_workers(tmp_path, reference_tokenizer):
+    """A tokenizer with its own chat template: raw samples (built again in each DataLoader worker,
+    which reloads the template) equal the idxmap's."""
+    import copy
+
+    tok = copy.deepcopy(reference_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                         "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                         "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tok.save_pretrained(str(tmp_path / "tok"))
+    prefix = tmp_path / "ds"
+    run_sft(SFTConfig(inputs=(str(CHAT),), output_prefix=str(prefix), tokenizer="HuggingFaceTokenizer",
+                      tokenizer_path=str(tmp_path / "tok"), workers=1, progress=False), log=lambda m: None)
+    cfg = config(tmp_path, seq_length=128, packing=True)
+    native = SFTDataset(open_sft(str(prefix)), cfg)
+    raw = build_sft_dataset(str(CHAT), cfg, dataset_type="raw", tokenizer="HuggingFaceTokenizer",
+                            tokenizer_path=str(tmp_path / "tok"))
+    assert raw.source.options.template == "tokenizer"
+    loader = torch.utils.data.DataLoader(raw, batch_size=2, num_workers=2, collate_fn=collate_sft)
+    expected = torch.utils.data.DataLoader(native, batch_size=2, collate_fn=collate_sft)
+    for got, want in zip(loader, expected, strict=True):
+        assert_same(got, want, "batch")
