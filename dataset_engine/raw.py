@@ -32,9 +32,9 @@ INDEX_VERSION = 1
 _WS = b" \t\r\n"
 
 # Byte classes for the JSON array scan.
-_QUOTE, _OPEN, _CLOSE, _COMMA, _NEWLINE = 1, 3, 4, 5, 6
+_QUOTE, _OPEN, _CLOSE, _COMMA = 1, 2, 3, 4
 _CLASS = np.zeros(256, np.uint8)
-_CLASS[ord('"')], _CLASS[ord(",")], _CLASS[ord("\n")] = _QUOTE, _COMMA, _NEWLINE
+_CLASS[ord('"')], _CLASS[ord(",")] = _QUOTE, _COMMA
 _CLASS[[ord("["), ord("{")]] = _OPEN
 _CLASS[[ord("]"), ord("}")]] = _CLOSE
 
@@ -49,7 +49,8 @@ class RecordIndex:
 
     starts: np.ndarray
     ends: np.ndarray
-    lines: np.ndarray
+    lines: np.ndarray | None
+    """jsonl: stored; JSON arrays: None (`record_line` counts them when an error needs one)."""
 
 
 def _blocks(data: np.ndarray):
@@ -81,32 +82,26 @@ def _escaped(data: np.ndarray, p: int) -> bool:
 
 
 def _array_index(data: np.ndarray, path: str) -> RecordIndex:
-    in_string, depth, pending = False, 0, False
-    delimiters, newlines, elements = [], [], []
+    in_string, depth = False, 0
+    delimiters = []
     for off, b in _blocks(data):
         classes = _CLASS[b]
         pos = np.flatnonzero(classes)
         cls = classes[pos]
-        newlines.append(pos[cls == _NEWLINE] + off)
         quotes = pos[cls == _QUOTE]
         after_backslash = np.flatnonzero(data[np.maximum(quotes + off - 1, 0)] == 92)
         if after_backslash.size:  # only quotes right after a backslash can be escaped
             keep = np.ones(quotes.size, bool)
             keep[after_backslash] = [not _escaped(data, int(quotes[k]) + off) for k in after_backslash.tolist()]
             quotes = quotes[keep]
-        structural = pos[(cls == _OPEN) | (cls == _CLOSE) | (cls == _COMMA)]
+        structural = pos[cls != _QUOTE]
         outside = (np.searchsorted(quotes, structural) + in_string) % 2 == 0
         structural = structural[outside]
-        kind = cls[np.searchsorted(pos, structural)]
+        kind = cls[cls != _QUOTE][outside]
         delta = np.where(kind == _OPEN, 1, np.where(kind == _CLOSE, -1, 0))
         before = depth + np.cumsum(delta) - delta
         outer = ((kind == _OPEN) & (before == 0)) | ((kind != _OPEN) & (before == 1))
         delimiters.append(structural[outer] + off)
-        # where each element's value starts: the structural char right after a delimiter
-        # (the delimiter may have been the last one of the previous block)
-        follows = np.flatnonzero(np.concatenate([[pending], outer[:-1]])) if structural.size else []
-        elements.append(structural[follows] + off)
-        pending = bool(outer[-1]) if structural.size else pending
         in_string = bool((in_string + quotes.size) % 2)
         depth += int(delta.sum())
         if depth < 0:
@@ -119,17 +114,22 @@ def _array_index(data: np.ndarray, path: str) -> RecordIndex:
         raise RawIndexError(f"{path}: not a complete JSON array (truncated, or not JSON)")
     if not data[delims[-1] + 1:].tobytes().strip() == b"" or data[:delims[0]].tobytes().strip(b" \t\r\n\xef\xbb\xbf"):
         raise RawIndexError(f"{path}: unexpected data outside the top-level JSON array")
-    starts, ends = delims[:-1] + 1, delims[1:]
-    newlines = np.concatenate(newlines)
-    value_at = np.concatenate(elements) if elements else np.zeros(0, np.int64)
-    # line of each element: of its first structural char when it is an object/array, else of its start
-    k = np.searchsorted(value_at, starts)
-    first = np.where(k < len(value_at), value_at[np.minimum(k, len(value_at) - 1)], starts)
-    first = np.where(first < ends, first, starts)
-    lines = np.searchsorted(newlines, first) + 1
+    starts, ends = delims[:-1].astype(np.int64) + 1, delims[1:].astype(np.int64)
     if len(starts) == 1 and not data[starts[0]:ends[0]].tobytes().strip():
-        return RecordIndex(starts[:0], ends[:0], lines[:0])  # "[]"
-    return RecordIndex(starts.astype(np.int64), ends.astype(np.int64), lines.astype(np.int64))
+        starts, ends = starts[:0], ends[:0]  # "[]"
+    return RecordIndex(starts, ends, None)
+
+
+def record_line(path: str, index: RecordIndex, i: int) -> int:
+    """1-based line where record ``i`` starts: stored for jsonl; for a JSON array counted when
+    asked (only error messages need it), at the element's first non-blank byte."""
+    if index.lines is not None:
+        return int(index.lines[i])
+    data = np.memmap(path, np.uint8, mode="r")
+    at = int(index.starts[i])
+    head = data[at:int(index.ends[i])].tobytes()
+    at += len(head) - len(head.lstrip())
+    return 1 + sum(int(np.count_nonzero(b == 10)) for _, b in _blocks(data[:at]))
 
 
 def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
@@ -139,7 +139,7 @@ def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     cached = os.path.join(cache_dir, f"raw-index-{key}.npz") if cache_dir else None
     if cached and os.path.exists(cached):
         with np.load(cached, allow_pickle=False) as z:
-            return RecordIndex(z["starts"], z["ends"], z["lines"])
+            return RecordIndex(z["starts"], z["ends"], z["lines"] if "lines" in z.files else None)
     if st.st_size == 0:
         return RecordIndex(*(np.zeros(0, np.int64),) * 3)
     data = np.memmap(path, np.uint8, mode="r")  # unmapped when the last view goes
@@ -150,7 +150,8 @@ def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     if cached:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{cached}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, starts=index.starts, ends=index.ends, lines=index.lines)
+        lines = {} if index.lines is None else {"lines": index.lines}
+        np.savez(tmp, starts=index.starts, ends=index.ends, **lines)
         os.replace(tmp, cached)
     return index
 
@@ -169,11 +170,8 @@ class RawSFT:
         self.pad_id = pad_id
         self.cache_dir = cache_dir
         self.cache_records = cache_records
-        indexes = [index_records(p, cache_dir) for p in self.paths]
-        self._file = np.concatenate([np.full(len(ix.starts), k, np.int32) for k, ix in enumerate(indexes)] or [np.zeros(0, np.int32)])
-        self._starts = np.concatenate([ix.starts for ix in indexes] or [np.zeros(0, np.int64)])
-        self._ends = np.concatenate([ix.ends for ix in indexes] or [np.zeros(0, np.int64)])
-        self._lines = np.concatenate([ix.lines for ix in indexes] or [np.zeros(0, np.int64)])
+        self._indexes = [index_records(p, cache_dir) for p in self.paths]
+        self._first = np.cumsum([0] + [len(ix.starts) for ix in self._indexes])  # first record of each file
         self._lengths: np.ndarray | None = None
         self._reset()
 
@@ -193,10 +191,16 @@ class RawSFT:
         self._reset()
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return int(self._first[-1])
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        """(file, record within the file) of record ``i``."""
+        k = int(np.searchsorted(self._first, i, side="right")) - 1
+        return k, i - int(self._first[k])
 
     def where(self, i: int) -> str:
-        return f"{self.paths[self._file[i]]}:{int(self._lines[i])}"
+        k, j = self._locate(i)
+        return f"{self.paths[k]}:{record_line(self.paths[k], self._indexes[k], j)}"
 
     def _encoder_(self):
         if self._encoder is None:
@@ -207,11 +211,12 @@ class RawSFT:
         return self._encoder
 
     def _object(self, i: int):
-        k = int(self._file[i])
+        k, j = self._locate(i)
         if k not in self._maps:
             with open(self.paths[k], "rb") as f:
                 self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        raw = self._maps[k][int(self._starts[i]):int(self._ends[i])]
+        index = self._indexes[k]
+        raw = self._maps[k][int(index.starts[j]):int(index.ends[j])]
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

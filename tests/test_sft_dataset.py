@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from dataprep.sft import SFTConfig, run_sft
 from dataset_engine import raw as raw_module
-from dataset_engine.raw import RawIndexError, index_records, open_raw_sft
+from dataset_engine.raw import RawIndexError, index_records, open_raw_sft, record_line
 from dataset_engine.sft import SFTDataset, SFTDatasetConfig, build_sft_dataset, collate_sft
 from dataset_engine.sft_format import open_sft
 
@@ -262,7 +262,8 @@ def test_array_index_finds_every_element(tmp_path, monkeypatch, block, style):
     data = path.read_bytes()
     got = [json.loads(data[s:e]) for s, e in zip(index.starts, index.ends)]
     assert got == records
-    assert index.lines.tolist() == [line for _, line in expected_spans(text)]
+    lines = [record_line(str(path), index, i) for i in range(len(records))]
+    assert lines == [line for _, line in expected_spans(text)]
 
 
 @pytest.mark.parametrize("block", [5, 1 << 20])
