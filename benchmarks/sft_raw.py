@@ -36,7 +36,9 @@ jsonl prefix, under benchmarks/data/ (reused when present with the recorded size
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sft_raw.py [--size-mb 1000] \
         [--prefix-mb 100] [--pai-records 20000] [--random 2000]
 
-MB are 10^6 bytes. Peak RSS is ru_maxrss of this process (and of its largest child).
+MB are 10^6 bytes. Imports are done before any timing. Peak RSS is ru_maxrss of this process (and
+of its largest child: DataLoader and run_sft workers, forked, so they start with the parent's RSS);
+RSS includes the pages of mmap'd input files (the index scan maps the whole file).
 """
 
 from __future__ import annotations
@@ -175,6 +177,19 @@ def ensure_corpus(size_mb: float, prefix_mb: float) -> dict:
     return meta
 
 
+def rss_note() -> str:
+    """Peak RSS so far (ru_maxrss) and the current anonymous / file-backed resident memory (mmap'd
+    files count in RSS while their pages are mapped)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+    cur = {}
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                cur[line.split(":")[0]] = int(line.split()[1]) * 1024 / MB
+    return (f"RSS peak so far {peak:,.0f} MB, now anon {cur.get('RssAnon', 0):,.0f} MB + "
+            f"file {cur.get('RssFile', 0):,.0f} MB")
+
+
 def warm_page_cache(path: str) -> None:
     with open(path, "rb") as f:
         while f.read(64 << 20):
@@ -286,6 +301,7 @@ def idxmap_mode(prefix_path: str, work: str) -> dict:
     unpacked = build_sft_dataset(out, SFTDatasetConfig(seq_length=SEQ, cache_dir=cache), dataset_type="idxmap")
     r["open_unpacked"] = now() - t0
     r["unpacked_rate"], _ = random_access(unpacked, 2000)
+    r["loader_rate"], r["loader_first"] = loader_rate(unpacked, 2000)
     t0 = now()
     packed = build_sft_dataset(out, SFTDatasetConfig(seq_length=SEQ, packing=True, cache_dir=cache),
                                dataset_type="idxmap")
@@ -354,6 +370,15 @@ def main() -> int:
           f"{meta['prefix_bytes'] / MB:,.1f} MB")
     for k in ("jsonl", "json", "prefix"):
         warm_page_cache(paths[k])
+    t0 = now()
+    import transformers  # noqa: F401  (imports paid once, before any timing, so both formats' start-up compare)
+
+    import dataprep.sft  # noqa: F401
+    import dataprep.workers  # noqa: F401
+    import dataset_engine.raw  # noqa: F401
+    import dataset_engine.sft  # noqa: F401
+    imports = now() - t0
+    print(f"imports (transformers, dataprep, dataset_engine; not in any figure below): {imports:.2f} s")
     print(flush=True)
 
     # -- 1, 2: raw mode --------------------------------------------------------------------
@@ -368,6 +393,7 @@ def main() -> int:
               f"sample 0 {r['first'] * 1e3:.1f} ms (sample 1 {r['second'] * 1e3:.2f} ms)", flush=True)
         print(f"    random access {r['random_rate']:,.0f} samples/s; DataLoader(2 workers, batch 8) "
               f"{r['loader_rate']:,.0f} samples/s (first batch {r['loader_first']:.2f} s)", flush=True)
+        print(f"    {rss_note()}", flush=True)
 
     # -- 3: Pai's raw mode -------------------------------------------------------------------
     print(f"[pai emulation] first {args.pai_records:,} records of the jsonl, transformers AutoTokenizer",
@@ -377,7 +403,7 @@ def main() -> int:
     pai["full_1"] = meta["records"] / pai["rate"]
     pai["full_n"] = pai["full_1"] / cores
     print(f"    {pai['records']:,} records in {pai['seconds']:.2f} s = {pai['rate']:,.0f} records/s "
-          f"({pai['tokens'] / pai['records']:.0f} tokens per record)", flush=True)
+          f"({pai['tokens'] / pai['records']:.0f} tokens per record); {rss_note()}", flush=True)
 
     # -- 4, 5: idxmap and raw packed on the prefix -------------------------------------------
     work = tempfile.mkdtemp(prefix="sft-raw-bench-")
@@ -389,9 +415,12 @@ def main() -> int:
             print(f"    {line}")
         for line in s.lines():
             print(f"    {line}")
+        print(f"    random access unpacked {idx['unpacked_rate']:,.0f} samples/s; DataLoader(2 workers, batch 8) "
+              f"{idx['loader_rate']:,.0f} samples/s; {rss_note()}", flush=True)
         print("[raw packed] RawSFT.lengths on the prefix", flush=True)
         rp = raw_packed(paths["prefix"], idx["packed"], work)
-        print(f"    lengths {rp['lengths_s']:.2f} s; raw == idxmap (first 50 packed rows): yes", flush=True)
+        print(f"    lengths {rp['lengths_s']:.2f} s; raw == idxmap (first 50 packed rows): yes; {rss_note()}",
+              flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -419,7 +448,8 @@ def main() -> int:
     both("index, warm / cached (s)", "index_warm", ".3f")
     both("tokenizer + engine start-up, open_raw_sft - warm index (s)", "startup", ".2f")
     both("dataset construction, unpacked shuffled (s)", "dataset", ".3f")
-    both("first sample (ms)", "first", ".1f", 1e3)
+    both("first sample, incl. RawSFT building its engine (ms)", "first", ".1f", 1e3)
+    both("second sample (ms)", "second", ".2f", 1e3)
     both("time to first sample, cold index (s)", "ttfs_cold", ".2f")
     both("time to first sample, warm index (s)", "ttfs_warm", ".2f")
     both(f"random access, 1 process ({args.random} samples, samples/s)", "random_rate", ",.0f")
@@ -440,6 +470,7 @@ def main() -> int:
          f"{s.seconds:.1f} s, {s.read / s.seconds:,.0f} records/s, {s.tokens / s.seconds / 1e6:.2f} M tokens/s "
          f"(start-up {s.startup_seconds:.1f} s)")
     line("idxmap: random access unpacked (samples/s)", f"{idx['unpacked_rate']:,.0f}")
+    line("idxmap: DataLoader 2 workers, batch 8, unpacked (samples/s)", f"{idx['loader_rate']:,.0f}")
     line("idxmap: random access packed, bfd (rows/s)", f"{idx['packed_rate']:,.0f}")
     line("idxmap: packed dataset construction, plan cold / cached (s)",
          f"{idx['open_packed']:.2f} / {idx['open_packed_cached']:.2f}")
@@ -456,6 +487,7 @@ def main() -> int:
     line("raw packed: random access (rows/s)", f"{rp['random_rate']:,.0f}")
     line("raw packed == idxmap packed (first 50 rows)", "yes" if rp["equal"] else "NO")
     line("idxmap unpacked / raw unpacked random access (jsonl)", f"{idx['unpacked_rate'] / J['random_rate']:.2f}x")
+    line("idxmap unpacked / raw unpacked, DataLoader 2 workers (jsonl)", f"{idx['loader_rate'] / J['loader_rate']:.2f}x")
     line("idxmap packed / raw packed random access", f"{idx['packed_rate'] / rp['random_rate']:.2f}x")
     print()
     line("peak RSS, this process / largest child (MB)", f"{self_kb * 1024 / MB:,.0f} / {child_kb * 1024 / MB:,.0f}")
