@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +31,6 @@ import numpy as np
 BLOCK = 16 << 20
 INDEX_VERSION = 1
 _WS = b" \t\r\n"
-
-# Byte classes for the JSON array scan.
-_QUOTE, _OPEN, _CLOSE, _COMMA = 1, 2, 3, 4
-_CLASS = np.zeros(256, np.uint8)
-_CLASS[ord('"')], _CLASS[ord(",")] = _QUOTE, _COMMA
-_CLASS[[ord("["), ord("{")]] = _OPEN
-_CLASS[[ord("]"), ord("}")]] = _CLOSE
-
 
 class RawIndexError(ValueError):
     """A raw json file whose records cannot be found (not jsonl, not a well-formed array)."""
@@ -58,8 +51,19 @@ def _blocks(data: np.ndarray):
         yield offset, data[offset:offset + BLOCK]
 
 
+def _map_blocks(fn, data: np.ndarray) -> list:
+    """[fn(offset, block)] over the blocks in order, on a few threads: numpy's comparisons and
+    searches release the GIL, so the scan runs on every core."""
+    threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8))
+    if threads == 1 or len(data) <= BLOCK:
+        return [fn(off, b) for off, b in _blocks(data)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda block: fn(*block), _blocks(data)))
+
+
 def _jsonl_index(data: np.ndarray, skip: int) -> RecordIndex:
-    newlines = np.concatenate([np.flatnonzero(b == 10) + off for off, b in _blocks(data)] or [np.zeros(0, np.int64)])
+    newlines = np.concatenate(_map_blocks(lambda off, b: np.flatnonzero(b == 10) + off, data)
+                              or [np.zeros(0, np.int64)])
     starts = np.concatenate([[skip], newlines + 1]).astype(np.int64)
     ends = np.concatenate([newlines, [len(data)]]).astype(np.int64)
     lines = np.arange(1, len(starts) + 1, dtype=np.int64)
@@ -81,28 +85,33 @@ def _escaped(data: np.ndarray, p: int) -> bool:
     return run % 2 == 1
 
 
+def _array_block(data: np.ndarray, off: int, b: np.ndarray):
+    """One block's part of the array scan, independent of the others: its unescaped quotes, and
+    its structural characters (``,[]{}``) with the parity of the quotes before each."""
+    quotes = np.flatnonzero(b == 34)
+    after_backslash = np.flatnonzero(data[np.maximum(quotes + off - 1, 0)] == 92)
+    if after_backslash.size:  # only quotes right after a backslash can be escaped
+        keep = np.ones(quotes.size, bool)
+        keep[after_backslash] = [not _escaped(data, int(quotes[k]) + off) for k in after_backslash.tolist()]
+        quotes = quotes[keep]
+    folded = b | 32  # '[' -> '{', ']' -> '}'
+    structural = np.flatnonzero((folded == 123) | (folded == 125) | (b == 44))
+    kind = folded[structural]
+    parity = np.searchsorted(quotes, structural) % 2
+    return quotes.size, structural + off, kind, parity
+
+
 def _array_index(data: np.ndarray, path: str) -> RecordIndex:
     in_string, depth = False, 0
     delimiters = []
-    for off, b in _blocks(data):
-        classes = _CLASS[b]
-        pos = np.flatnonzero(classes)
-        cls = classes[pos]
-        quotes = pos[cls == _QUOTE]
-        after_backslash = np.flatnonzero(data[np.maximum(quotes + off - 1, 0)] == 92)
-        if after_backslash.size:  # only quotes right after a backslash can be escaped
-            keep = np.ones(quotes.size, bool)
-            keep[after_backslash] = [not _escaped(data, int(quotes[k]) + off) for k in after_backslash.tolist()]
-            quotes = quotes[keep]
-        structural = pos[cls != _QUOTE]
-        outside = (np.searchsorted(quotes, structural) + in_string) % 2 == 0
-        structural = structural[outside]
-        kind = cls[cls != _QUOTE][outside]
-        delta = np.where(kind == _OPEN, 1, np.where(kind == _CLOSE, -1, 0))
+    for n_quotes, structural, kind, parity in _map_blocks(lambda off, b: _array_block(data, off, b), data):
+        outside = (parity + in_string) % 2 == 0
+        structural, kind = structural[outside], kind[outside]
+        delta = np.where(kind == 123, 1, np.where(kind == 125, -1, 0))
         before = depth + np.cumsum(delta) - delta
-        outer = ((kind == _OPEN) & (before == 0)) | ((kind != _OPEN) & (before == 1))
-        delimiters.append(structural[outer] + off)
-        in_string = bool((in_string + quotes.size) % 2)
+        outer = ((delta == 1) & (before == 0)) | ((delta != 1) & (before == 1))
+        delimiters.append(structural[outer])
+        in_string = bool((in_string + n_quotes) % 2)
         depth += int(delta.sum())
         if depth < 0:
             raise RawIndexError(f"{path}: unbalanced brackets (a ']' or '}}' closes nothing)")
@@ -163,7 +172,7 @@ class RawSFT:
     """
 
     def __init__(self, paths: list[str], encoder_spec, options, pad_id: int,
-                 cache_dir: str | None = None, cache_records: int = 4096) -> None:
+                 cache_dir: str | None = None, cache_records: int = 4096, encoder=None) -> None:
         self.paths = list(paths)
         self.encoder_spec = encoder_spec
         self.options = options
@@ -174,6 +183,7 @@ class RawSFT:
         self._first = np.cumsum([0] + [len(ix.starts) for ix in self._indexes])  # first record of each file
         self._lengths: np.ndarray | None = None
         self._reset()
+        self._encoder = encoder  # the one already checked against the reference, in this process
 
     def _reset(self) -> None:
         self._encoder = None
@@ -231,13 +241,19 @@ class RawSFT:
         return out
 
     def record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        i = int(i)
-        hit = self._cache.get(i)
-        if hit is None:
-            hit = self._cache[i] = self._encode([i])[0]
-            if len(self._cache) > self.cache_records:
-                self._cache.popitem(last=False)
-        return hit
+        return self.records([i])[0]
+
+    def records(self, indices) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Several records, those not cached tokenized in one engine call (a packed row's)."""
+        indices = [int(i) for i in indices]
+        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
+        if missing:
+            for i, encoded in zip(missing, self._encode(missing)):
+                self._cache[i] = encoded
+        out = [self._cache[i] for i in indices]
+        while len(self._cache) > self.cache_records:
+            self._cache.popitem(last=False)
+        return out
 
     @property
     def lengths(self) -> np.ndarray:
@@ -292,6 +308,11 @@ def open_raw_sft(paths: list[str], *, tokenizer: str, tokenizer_path: str | None
                      trust_remote_code=trust_remote_code),
         probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, limit=64),
         check=options_for)
-    trusted.executor.close()
+    trusted.executor.close()  # one worker: the engine was built in this process, and stays
+    from dataprep.documents import worker_engine
+    from dataprep.sft_records import SFTEncoder
+
     tok = trusted.tokenizer
-    return RawSFT(files, tok.engine_spec(trusted.engine), options_for(tok), pad_id(tok), cache_dir)
+    options = options_for(tok)
+    return RawSFT(files, tok.engine_spec(trusted.engine), options, pad_id(tok), cache_dir,
+                  encoder=SFTEncoder(worker_engine(), options, hf_tokenizer=tok.hf))

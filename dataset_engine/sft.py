@@ -52,6 +52,9 @@ class RecordSource(Protocol):
 
     def record(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def records(self, indices) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Several records at once (raw mode tokenizes them in one engine call)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class SFTDatasetConfig:
@@ -164,10 +167,6 @@ class SFTDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def _fitted(self, i: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """The record truncated to ``length`` (when its prompt fills it, no token is trained)."""
-        ids, mask = self.source.record(int(i))
-        return ids[:length], mask[:length]
 
     def __getitem__(self, idx: int) -> dict:
         if not 0 <= idx < self._length:
@@ -178,14 +177,16 @@ class SFTDataset(torch.utils.data.Dataset):
         length = self.config.sample_length
         tokens = np.full(length, self.source.pad_id, np.int64)
         labels = np.full(length, IGNORE_INDEX, np.int64)
+        # records are truncated to the sample length (when a prompt fills it, nothing is trained)
         if not self.config.packing:
-            ids, mask = self._fitted(self.order[idx], length)
+            ids, mask = self.source.record(int(self.order[idx]))
+            ids, mask = ids[:length], mask[:length]
             tokens[:len(ids)] = ids
             labels[:len(ids)] = shifted_labels(ids, mask)
             return _sample(tokens, labels, None)
         bounds, at = [], 0
-        for k in self.plan.row(idx):
-            ids, mask = self._fitted(self.records[k], length)
+        for ids, mask in self.source.records(self.records[self.plan.row(idx)]):
+            ids, mask = ids[:length], mask[:length]
             tokens[at:at + len(ids)] = ids
             labels[at:at + len(ids)] = shifted_labels(ids, mask)
             bounds.append((at, at + len(ids)))

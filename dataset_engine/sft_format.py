@@ -120,6 +120,9 @@ class NativeSFT:
     def record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.tokens[i].astype(np.int64), self.mask[i].astype(bool)
 
+    def records(self, indices) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.record(i) for i in indices]
+
 
 # -- Pai layout --------------------------------------------------------------------------------
 def pai_row(records: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> np.ndarray:
