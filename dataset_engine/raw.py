@@ -22,6 +22,7 @@ import hashlib
 import json
 import mmap
 import os
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,12 +158,18 @@ def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     index = _array_index(data, path) if head[:1] == b"[" else _jsonl_index(data, skip)
     del data
     if cached:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.tmp.npz"
-        lines = {} if index.lines is None else {"lines": index.lines}
-        np.savez(tmp, starts=index.starts, ends=index.ends, **lines)
-        os.replace(tmp, cached)
+        # written meanwhile (the caller goes on to its first sample); under a temporary name,
+        # renamed when complete, so a concurrent or later reader never sees half a file
+        threading.Thread(target=_save_index, args=(index, cache_dir, cached), name="raw-index-cache").start()
     return index
+
+
+def _save_index(index: RecordIndex, cache_dir: str, path: str) -> None:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
+    lines = {} if index.lines is None else {"lines": index.lines}
+    np.savez(tmp, starts=index.starts, ends=index.ends, **lines)
+    os.replace(tmp, path)
 
 
 class RawSFT:

@@ -6,6 +6,7 @@ raw index finds exactly the records `json` finds."""
 import json
 import os
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -300,6 +301,9 @@ def test_empty_array_and_cached_index(tmp_path):
     path.write_text(json.dumps(TRICKY), encoding="utf-8")
     cache = tmp_path / "cache"
     first = index_records(str(path), str(cache))
+    for thread in threading.enumerate():  # the cache is written in the background
+        if thread.name == "raw-index-cache":
+            thread.join()
     assert len(list(cache.iterdir())) == 1
     np.testing.assert_array_equal(index_records(str(path), str(cache)).starts, first.starts)
     path.write_text(json.dumps(TRICKY[:2]), encoding="utf-8")  # changed file: a new key
