@@ -13,7 +13,8 @@ The index is cached (``.npz``, no pickle) under a hash of the file's path, size 
 later starts skip the scan. A record is tokenized when first asked for, by the very code of
 `dataprep sft` (`dataprep.sft_records.SFTEncoder`: the same formats, template and engine), so
 for the same files and options raw mode yields exactly the samples of the idxmap path. Packing
-needs every record's length: they are computed on first use (in batches) and cached too.
+needs every record's length: computed on first use by `dataprep sft`'s workers (all cores, with
+a progress bar) and cached too.
 """
 
 from __future__ import annotations
@@ -179,13 +180,15 @@ class RawSFT:
     """
 
     def __init__(self, paths: list[str], encoder_spec, options, pad_id: int,
-                 cache_dir: str | None = None, cache_records: int = 4096, encoder=None) -> None:
+                 cache_dir: str | None = None, cache_records: int = 4096, encoder=None,
+                 progress: bool = True) -> None:
         self.paths = list(paths)
         self.encoder_spec = encoder_spec
         self.options = options
         self.pad_id = pad_id
         self.cache_dir = cache_dir
         self.cache_records = cache_records
+        self.progress = progress
         self._indexes = [index_records(p, cache_dir) for p in self.paths]
         self._first = np.cumsum([0] + [len(ix.starts) for ix in self._indexes])  # first record of each file
         self._lengths: np.ndarray | None = None
@@ -278,15 +281,46 @@ class RawSFT:
             path = os.path.join(self.cache_dir, f"raw-lengths-{key}.npy")
             if os.path.exists(path):
                 return np.load(path, allow_pickle=False)
-        lengths = np.zeros(len(self), np.int64)
-        for lo in range(0, len(self), 1024):
-            batch = list(range(lo, min(lo + 1024, len(self))))
-            lengths[lo:lo + len(batch)] = [len(ids) for ids, _ in self._encode(batch)]
+        lengths = self._compute_lengths()
         if path:
             os.makedirs(self.cache_dir, exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp.npy"
             np.save(tmp, lengths)
             os.replace(tmp, path)
+        return lengths
+
+
+    def _compute_lengths(self) -> np.ndarray:
+        """Every record tokenized once by `dataprep sft`'s own workers (all cores), with a
+        progress bar; the first bad record stops it with FILE:LINE."""
+        from dataclasses import replace
+        from functools import partial
+
+        from dataprep.documents import init_worker
+        from dataprep.executor import OrderedExecutor, Progress, available_cores, single_thread_engines
+        from dataprep.sft_records import encode_sft_chunk
+        from dataprep.sources import ChunkReader, LineNumbers
+
+        single_thread_engines()
+        options = replace(self.options, stop_at_first_reject=True)
+        reader = ChunkReader(self.paths, [], chunk_bytes=1 << 20)
+        progress = Progress(reader.total_bytes(), enabled=self.progress, desc="raw SFT lengths")
+        numbers, parts = LineNumbers(), []
+        try:
+            with OrderedExecutor(available_cores(), init_worker, (self.encoder_spec,)) as executor:
+                for chunk, result in executor.map(partial(encode_sft_chunk, options), reader):
+                    where = numbers.resolver(chunk, result.n_lines)
+                    if result.rejected:
+                        bad = result.rejected[0]
+                        raise ValueError(f"{chunk.path}:{where(bad.local)}: {bad.reason}")
+                    parts.append(result.lengths)
+                    progress.update(chunk.source_bytes, result.written, len(result.ids))
+        finally:
+            progress.close()
+        lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if len(lengths) != len(self):
+            raise ValueError(f"{self.paths}: the index found {len(self)} records but the reader "
+                             f"{len(lengths)}; the files changed while in use?")
         return lengths
 
 

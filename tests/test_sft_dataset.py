@@ -222,6 +222,8 @@ def test_a_bad_raw_record_names_its_file_and_line(tmp_path):
     source.record(0)
     with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: alpaca: missing key 'output'")):
         source.record(3)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: alpaca: missing key 'output'")):
+        source.lengths  # the all-records pass (packing) stops at the same place
 
 
 # -- the raw index ---------------------------------------------------------------------------
