@@ -31,7 +31,7 @@ jsonl prefix, under benchmarks/data/ (reused when present with the recorded size
 4. idxmap: `run_sft` (2 workers) on the ~100 MB prefix: records/s and M tokens/s; then
    `build_sft_dataset` unpacked and packed (bfd and next-fit at 2048): random-access samples/s,
    rows, lower bound, efficiency.
-5. raw packed: `RawSFT.lengths` (every record tokenized once, one process) on the ~100 MB prefix,
+5. raw packed: `RawSFT.lengths` (every record tokenized once by dataprep sft's workers, one per core) on the ~100 MB prefix,
    extrapolated to the full corpus; raw packed samples == idxmap packed samples (first 50).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sft_raw.py [--size-mb 1000] \
@@ -476,6 +476,9 @@ def main() -> int:
     line(f"idxmap: run_sft, 2 workers, {s.read:,} records ({s.bytes_in / MB:,.0f} MB)",
          f"{s.seconds:.1f} s, {s.read / s.seconds:,.0f} records/s, {s.tokens / s.seconds / 1e6:.2f} M tokens/s "
          f"(start-up {s.startup_seconds:.1f} s)")
+    line(f"dataprep sft / Pai-style encoder (records/s; Pai ideal x{cores})",
+         f"{s.read / s.seconds / (pai['rate'] * cores):.1f}x end to end, "
+         f"{s.read / (s.seconds - s.startup_seconds) / (pai['rate'] * cores):.1f}x after start-up")
     line("idxmap: random access unpacked (samples/s)", f"{idx['unpacked_rate']:,.0f}")
     line("idxmap: DataLoader 2 workers, batch 8, unpacked (samples/s)", f"{idx['loader_rate']:,.0f}")
     line("idxmap: random access packed, bfd (rows/s)", f"{idx['packed_rate']:,.0f}")
@@ -487,7 +490,7 @@ def main() -> int:
     line("rows bfd / next-fit", f"{pl.rows / nf.rows:.4f} ({nf.rows - pl.rows:,} fewer rows)")
     print()
     full_lengths = n / (rp["records"] / rp["lengths_s"])
-    line(f"raw packed: RawSFT.lengths, {rp['records']:,} records, 1 process",
+    line(f"raw packed: RawSFT.lengths, {rp['records']:,} records, {cores} worker processes",
          f"{rp['lengths_s']:.1f} s, {rp['records'] / rp['lengths_s']:,.0f} records/s, "
          f"{rp['tokens'] / rp['lengths_s'] / 1e6:.2f} M tokens/s")
     line(f"raw packed: lengths extrapolated to {n:,} records", f"{full_lengths:,.0f} s")
