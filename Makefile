@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-sft clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: install
 
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/pretrain_throughput.py
+
+bench-sft: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/packing.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sft_raw.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
