@@ -18,54 +18,35 @@ from functools import partial
 from dataprep import __version__
 from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
+from dataprep.executor import BackgroundCalls, Progress, human_size
 from dataprep.rejects import Rejects, report_rejects
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs
 from dataprep.tokenizers import LoadedTokenizer
-from dataprep.workers import TrustedWorkers, WorkerConfig, start_trusted_workers
+from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
 from dataset_engine.idxmap import IdxmapWriter, optimal_dtype, write_sidecar
 
 SIDECAR_FORMAT = "dataprep-pretrain-sidecar/1"
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig:
-    inputs: tuple[str, ...]
-    """Files, directories or glob patterns (.jsonl, .json, .gz, .zst, .parquet)."""
-    output_prefix: str
+class PretrainConfig(RunConfig):
     """Outputs are {output_prefix}_{key}_document.bin/.idx/.json per json key."""
-    tokenizer: str
-    """A tokenizer name from the registry (Pai's --patch-tokenizer-type names)."""
-    tokenizer_path: str | None = None
-    """Local Hugging Face tokenizer directory; None uses the bundled one where there is one."""
+
     json_keys: tuple[str, ...] = ("text",)
     """Record fields to tokenize, one idxmap each."""
-    workers: int = field(default_factory=available_cores)
-    """Worker processes; the output does not depend on it."""
     append_eod: bool = True
     """Add the tokenizer's eos id after each document (Pai's --append-eod)."""
-    skip_bad_records: bool = False
-    """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
-    backend: str = "auto"
-    """Tokenizer engine: auto, fastokens, gigatoken, hf or transformers."""
-    trust_remote_code: bool = False
-    """Allow the tokenizer directory's own Python code (only when the user asks)."""
     chunk_bytes: int = 4 << 20
     """Input bytes per unit of work."""
     probe_records: int = 256
     """Records of the input used to check the engine against the reference tokenizer."""
-    progress: bool = True
-    """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise DataprepError("no --input given")
+        super().__post_init__()
         if not self.json_keys:
             raise DataprepError("--json-keys needs at least one key")
         if len(set(self.json_keys)) != len(self.json_keys):
             raise DataprepError(f"--json-keys repeats a key: {list(self.json_keys)}")
-        if self.workers < 1:
-            raise DataprepError(f"--workers must be at least 1, got {self.workers}")
 
 
 @dataclass
@@ -149,10 +130,7 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
                                 f"{tok.path} has no eos token; pass --no-append-eod or fix its config")
 
     trusted = start_trusted_workers(
-        WorkerConfig(tokenizer=config.tokenizer, tokenizer_path=config.tokenizer_path,
-                     backend=config.backend, workers=config.workers,
-                     trust_remote_code=config.trust_remote_code),
-        probe_sample=lambda tok: sample_texts(files, config.json_keys, config.probe_records),
+        config, probe_sample=lambda tok: sample_texts(files, config.json_keys, config.probe_records),
         check=needs_eod)
     try:
         for note in trusted.notes:

@@ -25,13 +25,13 @@ from dataprep.chat_template import TemplateError, get_renderer
 from dataprep.conversations import FORMATS, RecordError, to_conversation
 from dataprep.documents import load_line
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, Progress, available_cores, human_size
+from dataprep.executor import BackgroundCalls, Progress, human_size
 from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
 from dataprep.rejects import Rejects, report_rejects
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs, read_chunk_lines
 from dataprep.tokenizers import LoadedTokenizer, get_spec
-from dataprep.workers import TrustedWorkers, WorkerConfig, start_trusted_workers
+from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
 from dataset_engine.idxmap import optimal_dtype, write_sidecar
 from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, NativeSFTWriter, mask_prefix,
                                        pai_row, tokens_prefix, write_pai)
@@ -42,15 +42,9 @@ PACKERS = {"bfd": pack_best_fit_decreasing, "next-fit": lambda lengths, seq_len,
 
 
 @dataclass(frozen=True, kw_only=True)
-class SFTConfig:
-    inputs: tuple[str, ...]
-    """Files, directories or glob patterns (.jsonl, .json arrays, .gz, .zst, .parquet)."""
-    output_prefix: str
+class SFTConfig(RunConfig):
     """Outputs are {output_prefix}_text_document.bin/.idx/.json (+ _loss_mask_document for native)."""
-    tokenizer: str
-    """A tokenizer name from the registry (Pai's --patch-tokenizer-type names)."""
-    tokenizer_path: str | None = None
-    """Local Hugging Face tokenizer directory; None uses the bundled one where there is one."""
+
     seq_length: int | None = None
     """Truncate (or drop) records to this length; required for the pai layout (its row length)."""
     fmt: str = "auto"
@@ -69,20 +63,13 @@ class SFTConfig:
     """Order of packed rows (bfd); which records share a row does not depend on it."""
     drop_long: bool = False
     """Drop records longer than seq_length instead of truncating them."""
-    workers: int = field(default_factory=available_cores)
-    skip_bad_records: bool = False
-    """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
-    backend: str = "auto"
-    trust_remote_code: bool = False
     chunk_bytes: int = 1 << 20
     """Input bytes per unit of work (SFT records cost more per byte than pretraining text)."""
     probe_records: int = 64
     """Records of the input whose rendered segments check the engine against the reference."""
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise DataprepError("no --input given")
+        super().__post_init__()
         if self.layout not in LAYOUTS:
             raise DataprepError(f"unknown --layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
         if self.fmt not in ("auto", *FORMATS):
@@ -98,8 +85,6 @@ class SFTConfig:
             raise DataprepError("--packing needs --seq-length (the row length to pack into)")
         if self.drop_long and self.seq_length is None:
             raise DataprepError("--drop-long needs --seq-length")
-        if self.workers < 1:
-            raise DataprepError(f"--workers must be at least 1, got {self.workers}")
 
 
 @dataclass
@@ -222,10 +207,7 @@ def run_sft(config: SFTConfig, log=print) -> SFTSummary:
         return resolved["options"]
 
     trusted = start_trusted_workers(
-        WorkerConfig(tokenizer=config.tokenizer, tokenizer_path=config.tokenizer_path,
-                     backend=config.backend, workers=config.workers,
-                     trust_remote_code=config.trust_remote_code),
-        probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, config.probe_records),
+        config, probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, config.probe_records),
         check=options_for)
     try:
         for note in trusted.notes:

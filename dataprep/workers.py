@@ -13,12 +13,12 @@ never holds a second tokenizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from dataprep.documents import encode_probe, init_worker
 from dataprep.errors import DataprepError
-from dataprep.executor import OrderedExecutor, single_thread_engines
+from dataprep.executor import OrderedExecutor, available_cores, single_thread_engines
 from dataprep.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
                                  probe_mismatch, probe_texts, tokenizer_dir)
 
@@ -26,14 +26,38 @@ from dataprep.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
     tokenizer: str
-    """A tokenizer name from the registry."""
-    tokenizer_path: str | None
-    """Local Hugging Face directory; None for the bundled one."""
-    backend: str
-    """auto, fastokens, gigatoken, hf or transformers."""
-    workers: int
-    """Worker processes."""
+    """A tokenizer name from the registry (Pai's --patch-tokenizer-type names)."""
+    tokenizer_path: str | None = None
+    """Local Hugging Face tokenizer directory; None uses the bundled one where there is one."""
+    backend: str = "auto"
+    """Tokenizer engine: auto, fastokens, gigatoken, hf or transformers."""
+    workers: int = field(default_factory=available_cores)
+    """Worker processes; the output does not depend on it."""
     trust_remote_code: bool = False
+    """Allow the tokenizer directory's own Python code (only when the user asks)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise DataprepError(f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(WorkerConfig):
+    """What every tokenizing run (pretrain, sft) shares."""
+
+    inputs: tuple[str, ...]
+    """Files, directories or glob patterns (.jsonl, .json, .gz, .zst, .parquet)."""
+    output_prefix: str
+    """Where the outputs go (their names depend on the run)."""
+    skip_bad_records: bool = False
+    """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.inputs:
+            raise DataprepError("no --input given")
 
 
 @dataclass

@@ -147,3 +147,19 @@ def corpus() -> list[dict]:
 def corpus_jsonl(tmp_path_factory, corpus) -> Path:
     """The corpus as a jsonl file with blank lines."""
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", corpus)
+
+
+def split_rows(rows, seq_len, pad):
+    """The records of Pai rows, recovered by cutting at the negative (last-token) markers; checks
+    the padding after the last record of each row."""
+    found = []
+    for row in rows:
+        tokens, labels = row[:seq_len], row[seq_len:]
+        start = 0
+        for end in [i + 1 for i, t in enumerate(tokens) if t < 0]:
+            found.append((tokens[start:end], labels[start:end]))
+            start = end
+        assert start > 0, "a row without records"
+        assert tokens[start:] == [pad] * (seq_len - start)
+        assert labels[start:] == [-100] * (seq_len - start)
+    return found

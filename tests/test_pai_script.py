@@ -68,7 +68,7 @@ def test_pai_sft_script_writes_pai_rows(tmp_path, deepseek_dir, reference_tokeni
 
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from conftest import cli_env
+    from conftest import cli_env, split_rows
 
     seq_len = 256
     out_prefix = tmp_path / "out" / "alpaca"
@@ -87,15 +87,7 @@ def test_pai_sft_script_writes_pai_rows(tmp_path, deepseek_dir, reference_tokeni
 
     pad = reference_tokenizer.pad_token_id
     pad = reference_tokenizer.eos_token_id if pad is None else pad
-    found = []
-    for row in rows:
-        tokens, labels = row[:seq_len], row[seq_len:]
-        start = 0
-        for end in [i + 1 for i, t in enumerate(tokens) if t < 0]:
-            found.append((tokens[start:end], labels[start:end]))
-            start = end
-        assert start > 0
-        assert tokens[start:] == [pad] * (seq_len - start) and labels[start:] == [-100] * (seq_len - start)
+    found = split_rows(rows, seq_len, pad)
     records = json.loads(ALPACA_SAMPLE.read_text("utf-8"))
     expected = [_pai_record(r, reference_tokenizer, seq_len) for r in records]
     assert sorted(found) == sorted(expected)  # every record exactly once

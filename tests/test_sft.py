@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from conftest import EOS_TEXT, ROOT, run_cli
+from conftest import EOS_TEXT, ROOT, run_cli, split_rows
 from dataprep.chat_template import TEMPLATES, HFChatTemplate, encode_conversation
 from dataprep.conversations import to_conversation
 from dataprep.errors import DataprepError
@@ -202,22 +202,6 @@ def pai_rows(samples, seq_len, pad, packing):
 def megatron_rows(prefix):
     ds = IndexedDataset(tokens_prefix(prefix))
     return [ds[r].tolist() for r in range(len(ds))], ds.index.dtype
-
-
-def split_rows(rows, seq_len, pad):
-    """The records of Pai rows, recovered by cutting at the negative (last-token) markers; checks
-    the padding after the last record of each row."""
-    found = []
-    for row in rows:
-        tokens, labels = row[:seq_len], row[seq_len:]
-        start = 0
-        for end in [i + 1 for i, t in enumerate(tokens) if t < 0]:
-            found.append((tokens[start:end], labels[start:end]))
-            start = end
-        assert start > 0, "a row without records"
-        assert tokens[start:] == [pad] * (seq_len - start)
-        assert labels[start:] == [IGNORE] * (seq_len - start)
-    return found
 
 
 # -- 1. native layout: megatron-core reads the reference ids and masks --------------------------
