@@ -1,0 +1,132 @@
+"""A cache of computed index arrays, safe for many builders at once and never stale.
+
+Each entry is a directory ``{cache_dir}/{key}/`` holding ``description.json`` and one ``.npy``
+per array, where ``key`` is a hash of the description: every field that changes the arrays,
+including a digest of the input files themselves (so a regenerated idxmap at the same path is a
+new key, not a stale hit). Writing and reading:
+
+* an entry is built in a private temporary directory and published with one ``rename`` of the
+  directory, so a reader sees a complete entry or none;
+* builders on one machine (or a filesystem with working ``flock``) take a lock per key, so one
+  builds and the others wait and load it; without working locks (some network filesystems) two
+  builders both build, one rename wins and both use the same bytes;
+* nothing needs rank 0 or a shared disk: each node (or job) builds what its cache lacks;
+* on load, the stored description must equal the expected one and every array must be present
+  with the shapes recorded; anything else (a foreign directory, a hash collision, a truncated
+  file) is moved aside and rebuilt;
+* arrays are saved and loaded with ``allow_pickle=False`` and loaded memory-mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+def file_digest(path: str) -> str:
+    """blake2b of a file's bytes (its size and mtime pick the cached digest)."""
+    st = os.stat(path)
+    return _digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(description: dict) -> str:
+    text = json.dumps({"cache_version": CACHE_VERSION, **description}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _load(entry: str, description: dict) -> dict[str, np.ndarray] | None:
+    """The entry's arrays, or None when it is not exactly what `description` asks for."""
+    try:
+        with open(os.path.join(entry, "description.json"), encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored.get("description") != json.loads(json.dumps(description)):
+            return None
+        arrays = {}
+        for name, shape in stored["arrays"].items():
+            array = np.load(os.path.join(entry, f"{name}.npy"), mmap_mode="r", allow_pickle=False)
+            if list(array.shape) != shape:
+                return None
+            arrays[name] = array
+        return arrays
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _publish(cache_dir: str, entry: str, description: dict, arrays: dict[str, np.ndarray]) -> None:
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(entry) + ".tmp-", dir=cache_dir)
+    try:
+        for name, array in arrays.items():
+            np.save(os.path.join(tmp, f"{name}.npy"), array, allow_pickle=False)
+        with open(os.path.join(tmp, "description.json"), "w", encoding="utf-8") as f:
+            json.dump({"description": description,
+                       "arrays": {name: list(a.shape) for name, a in arrays.items()}}, f, indent=1)
+        os.rename(tmp, entry)  # atomic; fails if another builder published first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(entry):
+            raise
+
+
+@contextlib.contextmanager
+def _lock(path: str):
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:  # read-only cache: no lock, the rename still keeps entries whole
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no working locks here: builders may duplicate work, never corrupt it
+        yield
+    finally:
+        os.close(fd)
+
+
+def cached_arrays(cache_dir: str | None, description: dict,
+                  build: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
+    """``(arrays, hit)``: the cached arrays for `description`, or ``build()``'s, published."""
+    if cache_dir is None:
+        return build(), False
+    key = cache_key(description)
+    entry = os.path.join(cache_dir, key)
+    if os.path.isdir(entry):
+        arrays = _load(entry, description)
+        if arrays is not None:
+            return arrays, True
+    os.makedirs(cache_dir, exist_ok=True)
+    with _lock(entry + ".lock"):
+        if os.path.isdir(entry):  # built meanwhile by the holder of the lock, or bad
+            arrays = _load(entry, description)
+            if arrays is not None:
+                return arrays, True
+            bad = f"{entry}.bad-{os.getpid()}"
+            os.rename(entry, bad)
+            shutil.rmtree(bad, ignore_errors=True)
+        arrays = build()
+        _publish(cache_dir, entry, description, arrays)
+    loaded = _load(entry, description)
+    if loaded is None:
+        raise RuntimeError(f"{entry}: the cache entry just written does not load")
+    return loaded, False
