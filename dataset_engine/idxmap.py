@@ -20,7 +20,8 @@ This is exactly what ``megatron.core.datasets.indexed_dataset.IndexedDataset`` r
 ``multimodal=False`` (the multimodal variant appends int8 modes[S]; not supported here).
 
 Costs: the writer keeps 4 bytes per sequence and 8 per document in RAM (numpy buffers that
-double when full, so up to twice that while growing) and streams tokens to disk; pointers are derived at finalize, chunk by chunk. The reader maps
+double when full, so up to twice that while growing) and streams tokens to disk; pointers are derived at finalize, chunk by chunk. ``add_index`` appends a whole
+idxmap by copying its ``.bin`` in 64 MiB pieces (merging). The reader maps
 both files and validates them with chunked vectorised checks: O(S + D) time, O(chunk) memory.
 Files are written as ``*.tmp`` and renamed when complete, ``.bin`` before ``.idx``, so an
 ``.idx`` never exists without its complete ``.bin``.
@@ -45,6 +46,7 @@ _VERSION = 1
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequence_count, document_count
 _CHUNK = 1 << 22  # elements per vectorised step: bounds temporaries to ~32 MiB
 _BIN_BUFFER = 16 << 20  # large write buffer: documents are often only a few hundred bytes
+_COPY_CHUNK = 64 << 20  # bytes per read when add_index copies another idxmap's .bin
 _MAX_LEN = 2**31 - 1  # sequence lengths are stored as int32
 
 DTYPE_CODES: dict[int, np.dtype] = {
@@ -210,6 +212,27 @@ class IdxmapWriter:
         self._write(toks, lengths)
         self._doc_idx.extend(base + np.cumsum(spd))
 
+    def add_index(self, reader: IdxmapReader, chunk_bytes: int = _COPY_CHUNK) -> None:
+        """Append every document of an open idxmap, as megatron-core's
+        ``IndexedDatasetBuilder.add_index`` does: its ``.bin`` is copied in ``chunk_bytes``
+        pieces (never whole in memory), its lengths appended, its document indices shifted by
+        the sequences already written. Same dtype only: tokens are copied, not converted."""
+        self._check_open()
+        if reader.dtype != self.dtype:
+            raise IdxmapError(f"{reader.prefix}: token dtype {reader.dtype.name} differs from "
+                              f"{self.prefix}'s {self.dtype.name}")
+        base = self._lengths.size
+        # Bookkeeping first: a reader's arrays are already validated, so only I/O can fail below.
+        for start in range(0, len(reader), _CHUNK):
+            self._lengths.extend(reader.sequence_lengths[start:start + _CHUNK])
+        docs = reader.document_indices
+        for start in range(1, len(docs), _CHUNK):
+            self._doc_idx.extend(docs[start:start + _CHUNK] + base)
+        with open(reader.bin_path, "rb") as src:
+            while block := src.read(chunk_bytes):
+                self._bin.write(block)
+        self._num_tokens += reader.num_tokens
+
     def finalize(self) -> None:
         """Flush and fsync both files under .tmp names, then rename .bin, then .idx."""
         self._check_open()
@@ -369,6 +392,11 @@ class IdxmapReader:
     @property
     def num_tokens(self) -> int:
         return len(self._tokens)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of ``.bin`` as one read-only, memory-mapped array (no copy)."""
+        return self._tokens
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)
