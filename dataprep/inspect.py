@@ -1,5 +1,11 @@
-"""`dataprep inspect`: what an idxmap holds: counts, dtype, length statistics, its sidecar, and
-decoded samples."""
+"""`dataprep inspect`: what an idxmap holds: counts, dtype, length statistics, a histogram of
+tokens per document (text, and a PNG with ``--plot``), its sidecar, and decoded samples.
+
+Tokens per document come from one vectorised pass over the index (``np.add.reduceat`` of the
+sequence lengths at the document starts): O(S + D) time, 8 bytes per document of memory; the
+``.bin`` is read only for the samples. The histogram's bins are log-spaced integer ranges (about
+12, fewer when the lengths span a small range), so short and very long documents both show.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,16 @@ import os
 import numpy as np
 
 from dataprep.errors import DataprepError
+from dataprep.integrity import resolve_prefix
 from dataset_engine.idxmap import IdxmapError, IdxmapReader
+
+HIST_ROWS = 12
+BAR_WIDTH = 40
 
 
 def inspect_idxmap(prefix: str, samples: list[int], decode: bool,
-                   tokenizer_path: str | None) -> list[str]:
-    prefix = prefix.removesuffix(".bin").removesuffix(".idx")
+                   tokenizer_path: str | None, plot: str | None = None) -> list[str]:
+    prefix = resolve_prefix(prefix)
     try:
         reader = IdxmapReader(prefix)
     except IdxmapError as exc:
@@ -24,15 +34,21 @@ def inspect_idxmap(prefix: str, samples: list[int], decode: bool,
     if os.path.exists(sidecar_path):
         with open(sidecar_path, encoding="utf-8") as f:
             sidecar = json.load(f)
-    docs = reader.document_indices
-    doc_tokens = np.add.reduceat(reader.sequence_lengths.astype(np.int64), docs[:-1]) \
-        if reader.num_documents and len(reader) else np.zeros(0, dtype=np.int64)
+    # Differences of the cumulative lengths at the document bounds: unlike np.add.reduceat,
+    # right for documents with no sequences (repeated document indices, also at the end).
+    ends = np.concatenate([[0], np.cumsum(reader.sequence_lengths, dtype=np.int64)])
+    doc_tokens = ends[reader.document_indices[1:]] - ends[reader.document_indices[:-1]]
+    del ends
     out = [f"{prefix}: {reader.num_documents:,} documents, {len(reader):,} sequences, "
            f"{reader.num_tokens:,} tokens, dtype {reader.dtype.name}"]
     if doc_tokens.size:
         q = np.percentile(doc_tokens, [0, 50, 90, 99, 100]).astype(int)
         out.append(f"  tokens/document: mean {doc_tokens.mean():,.1f}  min {q[0]:,}  p50 {q[1]:,}  "
                    f"p90 {q[2]:,}  p99 {q[3]:,}  max {q[4]:,}")
+        out += text_histogram(doc_tokens)
+    if plot:
+        plot_histogram(doc_tokens, plot, title=os.path.basename(prefix))
+        out.append(f"  histogram plot written to {plot}")
     if sidecar:
         tok = sidecar.get("tokenizer", {})
         out.append(f"  tokenizer {tok.get('name')} (vocab {tok.get('vocab_size')}, eod {tok.get('eod')}, "
@@ -92,3 +108,84 @@ def _marked(hf, ids: list[int], trained: list[bool]) -> str:
             parts.append(f"⟦{text}⟧" if trained[start] else text)
             start = i
     return "".join(parts)
+
+
+def histogram_rows(doc_tokens: np.ndarray, rows: int = HIST_ROWS) -> list[tuple[int, int, int]]:
+    """(low, high, count) per bin of tokens per document, both bounds inclusive: log-spaced
+    integer bins from the shortest to the longest non-empty document, plus a (0, 0, n) bin
+    first when n documents are empty."""
+    out: list[tuple[int, int, int]] = []
+    empty = int(np.count_nonzero(doc_tokens == 0))
+    if empty:
+        out.append((0, 0, empty))
+    positive = doc_tokens[doc_tokens > 0]
+    if positive.size == 0:
+        return out
+    lo, hi = int(positive.min()), int(positive.max())
+    # Integer edges: rounding log-spaced points and dropping repeats gives readable ranges and
+    # no empty sliver bins when the span is small.
+    edges = np.unique(np.ceil(np.geomspace(lo, hi + 1, rows + 1)).astype(np.int64))
+    edges[0], edges[-1] = lo, hi + 1
+    counts, _ = np.histogram(positive, bins=edges)
+    out += [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts)]
+    return out
+
+
+def text_histogram(doc_tokens: np.ndarray, rows: int = HIST_ROWS, width: int = BAR_WIDTH) -> list[str]:
+    """The histogram as text lines: range, a bar of ``#`` scaled to the largest bin, count."""
+    bins = histogram_rows(doc_tokens, rows)
+    if not bins:
+        return []
+    top = max(c for _, _, c in bins)
+    span = len(f"{bins[-1][1]:,}")
+    out = ["  tokens/document histogram (log-spaced bins, documents per bin):"]
+    for low, high, count in bins:
+        label = f"{low:>{span},}" + (f" - {high:>{span},}" if high != low else " " * (span + 3))
+        bar = "#" * (round(width * count / top) if count else 0)
+        if count and not bar:
+            bar = "#"  # a non-empty bin stays visible however small
+        out.append(f"    {label}  {bar:<{width}}  {count:,}")
+    return out
+
+
+def plot_histogram(doc_tokens: np.ndarray, path: str, title: str) -> None:
+    """A PNG histogram of tokens per document (log x axis), written under a temporary name and
+    renamed, so ``path`` is either the old file or the complete new one."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError as exc:
+        raise DataprepError(f"--plot needs matplotlib ({exc}); pip install 'matplotlib>=3.8'") from exc
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DataprepError(f"--plot {path}: directory {directory} does not exist")
+    # Figure + the Agg canvas directly: no pyplot, so no global backend or GUI state is touched.
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positive = doc_tokens[doc_tokens > 0]
+    if positive.size:
+        lo, hi = int(positive.min()), int(positive.max())
+        bins = np.geomspace(lo, hi + 1, 41) if hi > lo else np.array([lo - 0.5, lo + 0.5])
+        ax.hist(positive, bins=bins, color="#4477aa", edgecolor="white", linewidth=0.5)
+        ax.set_xscale("log")
+        # Plain numbers (1,000, not 10^3) on the log axis; minor ticks labelled only when few.
+        plain = FuncFormatter(lambda x, _: f"{x:,.0f}")
+        ax.xaxis.set_major_formatter(plain)
+        if hi < 20 * lo:
+            ax.xaxis.set_minor_formatter(plain)
+    empty = doc_tokens.size - positive.size
+    ax.set_title(f"{title}: {doc_tokens.size:,} documents" + (f" ({empty:,} empty, not shown)" if empty else ""))
+    ax.set_xlabel("tokens per document (log scale)")
+    ax.set_ylabel("documents")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.tmp"
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
