@@ -107,7 +107,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from dataprep.inspect import inspect_idxmap
 
     print("\n".join(inspect_idxmap(args.prefix, samples=args.sample, decode=args.decode,
-                                   tokenizer_path=args.tokenizer_path)))
+                                   tokenizer_path=args.tokenizer_path, plot=args.plot)))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dataprep.integrity import verify_idxmaps
+
+    results = verify_idxmaps(args.prefix, vocab_size=args.vocab_size)
+    for result in results:
+        print("\n".join(result.lines()))
+    failed = sum(not r.ok for r in results)
+    if len(results) > 1:
+        print(f"dataprep verify: {len(results) - failed} of {len(results)} OK")
+    return 1 if failed else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from dataprep.merge import merge_idxmaps
+
+    summary = merge_idxmaps(args.input, args.output_prefix)
+    print("dataprep merge: " + "\n".join(summary.lines()))
     return 0
 
 
@@ -192,7 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--decode", action="store_true", help="decode the samples to text")
     i.add_argument("--tokenizer-path", default=None,
                    help="tokenizer directory for --decode (default: the one in the sidecar)")
+    i.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also write a PNG histogram of tokens per document")
     i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("verify", parents=[common],
+                       help="full integrity check of idxmaps: index, sizes, token ids in the vocabulary, "
+                            "SFT masks and rows")
+    c.add_argument("prefix", nargs="+", help="idxmap prefixes (paths without .bin/.idx)")
+    c.add_argument("--vocab-size", type=int, default=None,
+                   help="token ids must be below this (default: tokenizer.vocab_size of the sidecar)")
+    c.set_defaults(func=cmd_verify)
+
+    m = sub.add_parser("merge", parents=[common],
+                       help="concatenate idxmaps into one (as Megatron's tools/merge_datasets.py)")
+    m.add_argument("--input", nargs="+", required=True,
+                   help="idxmap prefixes, or directories (every *.idx with its .bin, by name)")
+    m.add_argument("--output-prefix", required=True, help="writes {PREFIX}.bin/.idx/.json")
+    m.set_defaults(func=cmd_merge)
     return parser
 
 
