@@ -160,7 +160,7 @@ class GPTSamples(torch.utils.data.Dataset):
         drop_last = config.drop_last_partial_validation_sequence if split == "valid" else True
         self.description = {
             "kind": "gpt", "idx": {"path": os.path.abspath(tokens.reader.idx_path),
-                                   "digest": file_digest(tokens.reader.idx_path)},
+                                   "digest": file_digest(tokens.reader.idx_path, config.cache_dir)},
             "sequences": [beg, end], "num_samples": num_samples, "seq_length": config.seq_length,
             "seed": config.seed, "add_extra_token": config.add_extra_token, "drop_last_partial": drop_last}
         arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, lambda: build_gpt_indices(
@@ -305,3 +305,25 @@ def build_gpt_datasets(config: GPTDataConfig, num_samples: list[int | None]
             size = min(num_samples[i], sum(sizes)) if num_samples[i] is not None else None
             out.append(BlendedSamples(datasets, sizes, size, config))
     return out
+
+
+def megatron_num_samples(train_iters: int, global_batch_size: int, eval_interval: int,
+                         eval_iters: int) -> list[int]:
+    """[train, valid, test] sample counts as Megatron-LM's pretraining loop asks for them."""
+    evaluations = (train_iters // eval_interval + 1) * eval_iters
+    return [train_iters * global_batch_size, evaluations * global_batch_size, eval_iters * global_batch_size]
+
+
+def build_index_cache(config: GPTDataConfig, num_samples: list[int | None]) -> list[str]:
+    """Build (or check) every index the training run will load; one line per split."""
+    lines = []
+    for name, dataset in zip(SPLITS, build_gpt_datasets(config, num_samples)):
+        if dataset is None:
+            lines.append(f"  {name:<5} none (split {config.split!r} gives it no share)")
+            continue
+        parts = dataset.datasets if isinstance(dataset, BlendedSamples) else [dataset]
+        hits = sum(p.cache_hit for p in parts) + (dataset.cache_hit if isinstance(dataset, BlendedSamples) else 0)
+        total = len(parts) + isinstance(dataset, BlendedSamples)
+        lines.append(f"  {name:<5} {len(dataset):,} samples from {len(parts)} dataset(s); "
+                     f"{total - hits} index(es) built, {hits} already cached")
+    return lines
