@@ -131,6 +131,35 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_index(args: argparse.Namespace) -> int:
+    # the one command that needs torch and megatron-core (the indices use its C++ helpers);
+    # its import warns about optional GPU libraries that index building never uses
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    from dataset_engine.gpt import GPTDataConfig, build_index_cache, megatron_num_samples
+
+    if args.train_samples is not None:
+        samples = [args.train_samples, args.valid_samples, args.test_samples]
+    elif args.train_iters is not None and args.global_batch_size is not None:
+        samples = megatron_num_samples(args.train_iters, args.global_batch_size, args.eval_interval,
+                                       args.eval_iters)
+    else:
+        raise DataprepError("give --train-samples (and --valid-samples/--test-samples), or --train-iters "
+                            "and --global-batch-size as in Megatron")
+    try:
+        config = GPTDataConfig(
+            data_path=tuple(args.data_path), seq_length=args.seq_length, eod=args.eod, split=args.split,
+            seed=args.seed, add_extra_token=not args.no_extra_token,
+            cache_dir=args.cache_dir or GPTDataConfig.__dataclass_fields__["cache_dir"].default_factory())
+        lines = build_index_cache(config, samples)
+    except (ValueError, OSError) as exc:
+        raise DataprepError(str(exc)) from exc
+    print(f"dataprep build-index: samples [train, valid, test] = {samples} in {config.cache_dir}")
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dataprep", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"dataprep {__version__}")
@@ -230,6 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idxmap prefixes, or directories (every *.idx with its .bin, by name)")
     m.add_argument("--output-prefix", required=True, help="writes {PREFIX}.bin/.idx/.json")
     m.set_defaults(func=cmd_merge)
+
+    b = sub.add_parser("build-index", parents=[common],
+                       help="build the pretrain sample indices (megatron-core GPTDataset's) ahead of training")
+    b.add_argument("--data-path", nargs="+", required=True,
+                   help="prefixes, or weights and prefixes: 0.3 a_text_document 0.7 b_text_document")
+    b.add_argument("--seq-length", type=int, required=True)
+    b.add_argument("--split", default="969,30,1", help="train,valid,test shares (default 969,30,1)")
+    b.add_argument("--seed", type=int, default=1234)
+    b.add_argument("--eod", type=int, default=0, help=argparse.SUPPRESS)  # does not change the indices
+    b.add_argument("--train-samples", type=int, default=None)
+    b.add_argument("--valid-samples", type=int, default=None)
+    b.add_argument("--test-samples", type=int, default=None)
+    b.add_argument("--train-iters", type=int, default=None, help="with --global-batch-size: Megatron's counts")
+    b.add_argument("--global-batch-size", type=int, default=None)
+    b.add_argument("--eval-interval", type=int, default=1000)
+    b.add_argument("--eval-iters", type=int, default=100)
+    b.add_argument("--no-extra-token", action="store_true",
+                   help="samples of seq_length tokens, not seq_length + 1 (megatron's add_extra_token_to_sequence=False)")
+    b.add_argument("--cache-dir", default=None, help="default: $DATAPREP_CACHE/gpt or ~/.cache/dataprep/gpt")
+    b.set_defaults(func=cmd_build_index)
     return parser
 
 
