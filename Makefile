@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-sft clean
+.PHONY: install demo test bench bench-sft bench-index clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: install
 bench-sft: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/packing.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sft_raw.py
+
+bench-index: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpt_index.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
