@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dataset_engine.idxmap import IdxmapReader
-from dataset_engine.index_cache import cached_arrays, file_digest
+from dataset_engine.index_cache import cached_arrays, file_digest, load_entry
 from dataset_engine.sft import default_cache_dir
 
 SPLITS = ("train", "valid", "test")
@@ -166,9 +166,25 @@ class GPTSamples(torch.utils.data.Dataset):
         arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, lambda: build_gpt_indices(
             tokens.lengths, beg, end, num_samples, seq_length=config.seq_length, seed=config.seed,
             add_extra_token=config.add_extra_token, drop_last_partial=drop_last))
+        self._set(arrays)
+
+    def _set(self, arrays: dict[str, np.ndarray]) -> None:
         self.document_index = arrays["document_index"]
         self.sample_index = arrays["sample_index"]
         self.shuffle_index = arrays["shuffle_index"]
+
+    def __getstate__(self) -> dict:
+        # cached indices are memory maps: workers map the same files instead of receiving copies
+        state = dict(self.__dict__)
+        if self.config.cache_dir is not None:
+            for name in ("document_index", "sample_index", "shuffle_index"):
+                state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "shuffle_index" not in state:
+            self._set(load_entry(self.config.cache_dir, self.description))
 
     def __len__(self) -> int:
         return self.sample_index.shape[0] - 1
@@ -225,10 +241,24 @@ class BlendedSamples(torch.utils.data.Dataset):
         self.datasets = datasets
         self.weights = normalize(weights) if size is not None else weights
         self.size = size
-        description = {"kind": "blend", "datasets": [d.description for d in datasets],
-                       "weights": self.weights, "size": size}
-        arrays, self.cache_hit = cached_arrays(config.cache_dir, description, self._build)
+        self.config = config
+        self.description = {"kind": "blend", "datasets": [d.description for d in datasets],
+                            "weights": self.weights, "size": size}
+        arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, self._build)
         self.dataset_index, self.dataset_sample_index = arrays["dataset_index"], arrays["dataset_sample_index"]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.config.cache_dir is not None:
+            state.pop("dataset_index")
+            state.pop("dataset_sample_index")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "dataset_index" not in state:
+            arrays = load_entry(self.config.cache_dir, self.description)
+            self.dataset_index, self.dataset_sample_index = arrays["dataset_index"], arrays["dataset_sample_index"]
 
     def _build(self) -> dict[str, np.ndarray]:
         from megatron.core.datasets import helpers

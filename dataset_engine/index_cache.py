@@ -124,6 +124,14 @@ def _lock(path: str):
         os.close(fd)
 
 
+def load_entry(cache_dir: str, description: dict) -> dict[str, np.ndarray]:
+    """The published entry for `description` (memory-mapped), e.g. again in a DataLoader worker."""
+    arrays = _load(os.path.join(cache_dir, cache_key(description)), description)
+    if arrays is None:
+        raise RuntimeError(f"{cache_dir}: the index cache entry {cache_key(description)} is gone or changed")
+    return arrays
+
+
 def cached_arrays(cache_dir: str | None, description: dict,
                   build: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
     """``(arrays, hit)``: the cached arrays for `description`, or ``build()``'s, published."""
