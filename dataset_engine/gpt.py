@@ -34,6 +34,8 @@ from dataset_engine.index_cache import cached_arrays, file_digest, load_entry
 from dataset_engine.sft import default_cache_dir
 
 SPLITS = ("train", "valid", "test")
+GPT_ARRAYS = ("document_index", "sample_index", "shuffle_index")
+BLEND_ARRAYS = ("dataset_index", "dataset_sample_index")
 PAD_NONE = -1  # megatron's _PAD_TOKEN_ID: no pad token (or one that collides with eod)
 
 
@@ -165,7 +167,7 @@ class GPTSamples(torch.utils.data.Dataset):
             "seed": config.seed, "add_extra_token": config.add_extra_token, "drop_last_partial": drop_last}
         arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, lambda: build_gpt_indices(
             tokens.lengths, beg, end, num_samples, seq_length=config.seq_length, seed=config.seed,
-            add_extra_token=config.add_extra_token, drop_last_partial=drop_last))
+            add_extra_token=config.add_extra_token, drop_last_partial=drop_last), GPT_ARRAYS)
         self._set(arrays)
 
     def _set(self, arrays: dict[str, np.ndarray]) -> None:
@@ -177,14 +179,14 @@ class GPTSamples(torch.utils.data.Dataset):
         # cached indices are memory maps: workers map the same files instead of receiving copies
         state = dict(self.__dict__)
         if self.config.cache_dir is not None:
-            for name in ("document_index", "sample_index", "shuffle_index"):
+            for name in GPT_ARRAYS:
                 state.pop(name)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if "shuffle_index" not in state:
-            self._set(load_entry(self.config.cache_dir, self.description))
+            self._set(load_entry(self.config.cache_dir, self.description, GPT_ARRAYS))
 
     def __len__(self) -> int:
         return self.sample_index.shape[0] - 1
@@ -214,6 +216,8 @@ class GPTSamples(torch.utils.data.Dataset):
         else:
             tokens, labels = text, torch.roll(text, shifts=-1, dims=0)
             labels[-1] = c.pad_id
+        # document ends, before pad positions are overwritten below (they may become eod-like ids)
+        eod_at = torch.nonzero(tokens == c.eod).flatten() + 1 if c.reset_attention_mask else None
         attention_mask, loss_mask, position_ids = _get_ltor_masks_and_position_ids(
             tokens, c.eod, c.reset_position_ids, c.reset_attention_mask, c.eod_mask_loss,
             c.create_attention_mask)
@@ -224,9 +228,8 @@ class GPTSamples(torch.utils.data.Dataset):
         if attention_mask is not None:
             sample["attention_mask"] = attention_mask
         sample.update(loss_mask=loss_mask, position_ids=position_ids)
-        if c.reset_attention_mask:  # document boundaries for packed-sequence (THD) attention
-            ends = (torch.nonzero(tokens == c.eod).flatten() + 1).tolist()
-            cuts = [0] + [e for e in ends if e < len(tokens)] + [len(tokens)]
+        if eod_at is not None:  # document boundaries for packed-sequence (THD) attention
+            cuts = [0] + [e for e in eod_at.tolist() if e < len(tokens)] + [len(tokens)]
             sample["cu_seqlens"] = torch.tensor(cuts, dtype=torch.int32)
         return sample
 
@@ -244,7 +247,7 @@ class BlendedSamples(torch.utils.data.Dataset):
         self.config = config
         self.description = {"kind": "blend", "datasets": [d.description for d in datasets],
                             "weights": self.weights, "size": size}
-        arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, self._build)
+        arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, self._build, BLEND_ARRAYS)
         self.dataset_index, self.dataset_sample_index = arrays["dataset_index"], arrays["dataset_sample_index"]
 
     def __getstate__(self) -> dict:
@@ -257,7 +260,7 @@ class BlendedSamples(torch.utils.data.Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if "dataset_index" not in state:
-            arrays = load_entry(self.config.cache_dir, self.description)
+            arrays = load_entry(self.config.cache_dir, self.description, BLEND_ARRAYS)
             self.dataset_index, self.dataset_sample_index = arrays["dataset_index"], arrays["dataset_sample_index"]
 
     def _build(self) -> dict[str, np.ndarray]:

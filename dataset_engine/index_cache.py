@@ -37,10 +37,12 @@ CACHE_VERSION = 1
 def file_digest(path: str, cache_dir: str | None = None) -> str:
     """blake2b of a file's bytes. Hashing a 10 M-document .idx takes ~0.5 s, so the digest is
     remembered per process and, with a cache_dir, in ``digests/`` there, reused while the file's
-    size, mtime and inode are unchanged (any rewrite of the file changes them)."""
+    size, mtime, ctime and inode are unchanged (any rewrite of the file changes its ctime)."""
     path = os.path.abspath(path)
     st = os.stat(path)
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    # ctime too: a copy over the file that keeps its size and sets its mtime back (cp -p) still
+    # changes the ctime, which no user tool can set
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     memo = os.path.join(cache_dir, "digests", hashlib.sha1(path.encode()).hexdigest() + ".json") \
         if cache_dir else None
     if memo and os.path.exists(memo):
@@ -49,7 +51,7 @@ def file_digest(path: str, cache_dir: str | None = None) -> str:
                 stored = json.load(f)
             if stored["path"] == path and stored["stamp"] == stamp:
                 return stored["digest"]
-    digest = _digest(path, st.st_size, st.st_mtime_ns, st.st_ino)
+    digest = _digest(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if memo:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(memo), exist_ok=True)
@@ -61,7 +63,7 @@ def file_digest(path: str, cache_dir: str | None = None) -> str:
 
 
 @lru_cache(maxsize=256)
-def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+def _digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     h = hashlib.blake2b(digest_size=20)
     with open(path, "rb") as f:
         while chunk := f.read(16 << 20):
@@ -74,12 +76,15 @@ def cache_key(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _load(entry: str, description: dict) -> dict[str, np.ndarray] | None:
-    """The entry's arrays, or None when it is not exactly what `description` asks for."""
+def _load(entry: str, description: dict, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+    """The entry's arrays, or None when it is not exactly what `description` asks for (and,
+    given `names`, holds exactly those arrays)."""
     try:
         with open(os.path.join(entry, "description.json"), encoding="utf-8") as f:
             stored = json.load(f)
-        if stored.get("description") != json.loads(json.dumps(description)):
+        if not isinstance(stored, dict) or stored.get("description") != json.loads(json.dumps(description)):
+            return None
+        if names is not None and sorted(stored["arrays"]) != sorted(names):
             return None
         arrays = {}
         for name, shape in stored["arrays"].items():
@@ -88,18 +93,23 @@ def _load(entry: str, description: dict) -> dict[str, np.ndarray] | None:
                 return None
             arrays[name] = array
         return arrays
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
+        return None  # a truncated or foreign entry: rebuilt
 
 
 def _publish(cache_dir: str, entry: str, description: dict, arrays: dict[str, np.ndarray]) -> None:
     tmp = tempfile.mkdtemp(prefix=os.path.basename(entry) + ".tmp-", dir=cache_dir)
     try:
         for name, array in arrays.items():
-            np.save(os.path.join(tmp, f"{name}.npy"), array, allow_pickle=False)
+            with open(os.path.join(tmp, f"{name}.npy"), "wb") as f:
+                np.save(f, array, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())  # durable before the rename makes the entry visible
         with open(os.path.join(tmp, "description.json"), "w", encoding="utf-8") as f:
             json.dump({"description": description,
                        "arrays": {name: list(a.shape) for name, a in arrays.items()}}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
         os.rename(tmp, entry)  # atomic; fails if another builder published first
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -124,29 +134,30 @@ def _lock(path: str):
         os.close(fd)
 
 
-def load_entry(cache_dir: str, description: dict) -> dict[str, np.ndarray]:
+def load_entry(cache_dir: str, description: dict, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The published entry for `description` (memory-mapped), e.g. again in a DataLoader worker."""
-    arrays = _load(os.path.join(cache_dir, cache_key(description)), description)
+    arrays = _load(os.path.join(cache_dir, cache_key(description)), description, names)
     if arrays is None:
         raise RuntimeError(f"{cache_dir}: the index cache entry {cache_key(description)} is gone or changed")
     return arrays
 
 
-def cached_arrays(cache_dir: str | None, description: dict,
-                  build: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
-    """``(arrays, hit)``: the cached arrays for `description`, or ``build()``'s, published."""
+def cached_arrays(cache_dir: str | None, description: dict, build: Callable[[], dict[str, np.ndarray]],
+                  names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], bool]:
+    """``(arrays, hit)``: the cached arrays (exactly `names`) for `description`, or ``build()``'s,
+    published."""
     if cache_dir is None:
         return build(), False
     key = cache_key(description)
     entry = os.path.join(cache_dir, key)
     if os.path.isdir(entry):
-        arrays = _load(entry, description)
+        arrays = _load(entry, description, names)
         if arrays is not None:
             return arrays, True
     os.makedirs(cache_dir, exist_ok=True)
     with _lock(entry + ".lock"):
         if os.path.isdir(entry):  # built meanwhile by the holder of the lock, or bad
-            arrays = _load(entry, description)
+            arrays = _load(entry, description, names)
             if arrays is not None:
                 return arrays, True
             bad = f"{entry}.bad-{os.getpid()}"
@@ -154,7 +165,7 @@ def cached_arrays(cache_dir: str | None, description: dict,
             shutil.rmtree(bad, ignore_errors=True)
         arrays = build()
         _publish(cache_dir, entry, description, arrays)
-    loaded = _load(entry, description)
+    loaded = _load(entry, description, names)
     if loaded is None:
         raise RuntimeError(f"{entry}: the cache entry just written does not load")
     return loaded, False
