@@ -684,3 +684,33 @@ def test_weighted_blend_needs_sizes(data):
         ours((data["a"],), [100, 10], None)
     with pytest.raises(ValueError):
         GPTDataConfig(data_path=(data["a"],), seq_length=0, eod=EOD, cache_dir=None)
+
+
+# -- dataprep build-index ------------------------------------------------------------------------
+def test_build_index_command_builds_what_training_loads(data, tmp_path):
+    """The command builds every index ahead of training; a run then finds them all cached, with
+    Megatron's sample counts from iterations, batch size and evaluation settings."""
+    from conftest import run_cli
+
+    from dataset_engine.gpt import megatron_num_samples
+
+    cache = tmp_path / "cache"
+    args = ["build-index", "--data-path", "0.3", data["a"], "0.7", data["b"], "--split", SPLIT,
+            "--seq-length", SEQ, "--train-iters", 20, "--global-batch-size", 4, "--eval-interval", 10,
+            "--eval-iters", 2, "--cache-dir", cache]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "Transformer Engine" not in first.stderr
+    samples = megatron_num_samples(20, 4, 10, 2)
+    assert samples == [80, 24, 8]
+    assert f"samples [train, valid, test] = {samples}" in first.stdout
+    assert re.search(r"train .* 3 index\(es\) built, 0 already cached", first.stdout), first.stdout
+    again = run_cli(*args)
+    assert re.search(r"train .* 0 index\(es\) built, 3 already cached", again.stdout), again.stdout
+    datasets = ours(("0.3", data["a"], "0.7", data["b"]), samples, str(cache))
+    for blend in datasets:
+        assert blend.cache_hit and all(part.cache_hit for part in blend.datasets)
+    missing = run_cli("build-index", "--data-path", tmp_path / "nope_text_document", "--seq-length", SEQ,
+                      "--train-samples", 10, "--cache-dir", cache)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "missing" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
