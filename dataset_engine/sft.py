@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataset_engine.batch import collate
 from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, shifted_labels
 
 PLAN_CACHE_VERSION = 1
@@ -194,18 +195,7 @@ class SFTDataset(torch.utils.data.Dataset):
         return _sample(tokens, labels, np.asarray(bounds, np.int64))
 
 
-def collate_sft(samples: list[dict]) -> dict:
-    """Stack samples into a micro-batch [B, L]; packed rows also get batch-level ``cu_seqlens``
-    over the flattened batch (THD: row b's boundaries shifted by b * L) and ``max_seqlen``."""
-    if not samples:
-        raise ValueError("collate_sft needs at least one sample")
-    batch = {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
-    if "cu_seqlens" in samples[0]:
-        length = samples[0]["tokens"].numel()
-        parts = [s["cu_seqlens"][:-1] + b * length for b, s in enumerate(samples)]
-        batch["cu_seqlens"] = torch.cat(parts + [torch.tensor([len(samples) * length], dtype=torch.int32)])
-        batch["max_seqlen"] = max(int(s["max_seqlen"]) for s in samples)
-    return batch
+collate_sft = collate  # the SFT name for the one collate function (dataset_engine.batch)
 
 
 DATASET_TYPES = ("idxmap", "raw")

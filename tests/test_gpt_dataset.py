@@ -714,3 +714,22 @@ def test_build_index_command_builds_what_training_loads(data, tmp_path):
                       "--train-samples", 10, "--cache-dir", cache)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "missing" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_collate_gives_batch_level_document_boundaries(data, tmp_path):
+    """reset_attention_mask samples carry cu_seqlens of different lengths: the one collate function
+    batches them (THD boundaries over the flattened batch) in a DataLoader with workers."""
+    from dataset_engine.batch import collate
+
+    train = ours([data["a"]], [40, 4, 2], str(tmp_path / "c"), reset_attention_mask=True, reset_position_ids=True,
+                 create_attention_mask=False)[0]
+    rows = [train[i] for i in range(4)]
+    assert len({len(r["cu_seqlens"]) for r in rows}) > 1  # a stack would fail
+    batch = next(iter(DataLoader(train, batch_size=4, num_workers=2, collate_fn=collate)))
+    assert batch["tokens"].shape == (4, SEQ)
+    expected = [0] + [int(c) + b * SEQ for b, r in enumerate(rows) for c in r["cu_seqlens"][1:]]
+    assert batch["cu_seqlens"].tolist() == expected
+    assert batch["max_seqlen"] == max(int(torch.diff(r["cu_seqlens"]).max()) for r in rows)
+    for b, r in enumerate(rows):  # positions restart exactly at the boundaries
+        starts = [int(c) for c in r["cu_seqlens"][:-1]]
+        assert [int(batch["position_ids"][b, s]) for s in starts] == [0] * len(starts)
