@@ -1,0 +1,68 @@
+"""Checkpoints: megatron-core distributed checkpoints under ``--save``, resumed from the latest.
+
+``{save}/iter_{N:07d}/`` holds the model and optimizer (sharded: each rank writes its part, any
+parallel layout can load it) plus the scheduler, the iteration and the consumed-sample count (the
+data position), and ``{save}/latest_checkpointed_iteration.txt`` (Megatron's name) names the latest
+complete one: it is replaced atomically after the checkpoint is fully written, so a crash while
+saving resumes from the previous checkpoint. ``--load`` gives starting weights only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+LATEST = "latest_checkpointed_iteration.txt"
+
+
+def _model_state(ddp) -> dict:
+    return ddp.module.sharded_state_dict(prefix="") if hasattr(ddp.module, "sharded_state_dict") \
+        else ddp.sharded_state_dict(prefix="")
+
+
+def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> str:
+    from megatron.core import dist_checkpointing
+
+    path = os.path.join(config.save, f"iter_{iteration:07d}")
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(path, exist_ok=True)
+    torch.distributed.barrier()
+    model = _model_state(ddp)
+    state = {"model": model, "optimizer": optimizer.sharded_state_dict(model),
+             "scheduler": scheduler.state_dict(), "iteration": iteration, "consumed_samples": consumed}
+    dist_checkpointing.save(state, path)
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        tmp = os.path.join(config.save, LATEST + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(iteration))
+        os.replace(tmp, os.path.join(config.save, LATEST))
+    torch.distributed.barrier()
+    return path
+
+
+def load(config, ddp, optimizer, scheduler) -> dict | None:
+    """Resume from the latest checkpoint in --save (model, optimizer, scheduler, position), else
+    start from --load's weights; None when there is nothing to load."""
+    from megatron.core import dist_checkpointing
+
+    latest = os.path.join(config.save, LATEST) if config.save else None
+    if latest and os.path.exists(latest):
+        with open(latest) as f:
+            iteration = int(f.read().strip())
+        path = os.path.join(config.save, f"iter_{iteration:07d}")
+        model = _model_state(ddp)
+        template = {"model": model, "optimizer": optimizer.sharded_state_dict(model, is_loading=True)}
+        state = dist_checkpointing.load(template, path)
+        ddp.module.load_state_dict(state["model"]) if not hasattr(ddp.module, "module") else \
+            ddp.module.module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return {"iteration": int(state["iteration"]), "consumed_samples": int(state["consumed_samples"])}
+    if config.load:
+        model = _model_state(ddp)
+        state = dist_checkpointing.load({"model": model}, config.load)
+        target = ddp.module.module if hasattr(ddp.module, "module") else ddp.module
+        target.load_state_dict(state["model"])
+    return None
