@@ -2,11 +2,37 @@
 
 Each preset is the architecture only (no parallelism, no precision): the training entry adds
 those. `tiny` is for CPU tests and the demo.
+
+Sources of the Qwen3 numbers (checked against each other; they agree):
+- the official Hugging Face `config.json` of each model (Qwen/Qwen3-0.6B ... Qwen/Qwen3-32B,
+  Qwen/Qwen3-30B-A3B, Qwen/Qwen3-235B-A22B): num_hidden_layers, hidden_size, intermediate_size,
+  num_attention_heads, num_key_value_heads, head_dim=128, vocab_size=151936,
+  max_position_embeddings=40960, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings
+  (true only for 0.6B/1.7B/4B); MoE: num_experts=128, num_experts_per_tok=8,
+  moe_intermediate_size, norm_topk_prob=true, decoder_sparse_step=1, mlp_only_layers=[]
+  (every layer is MoE), no shared experts;
+- Pai-Megatron-Patch `examples/qwen3/run_mcore_qwen3.sh` (the MODEL_SIZE table this module is
+  named after): NUM_LAYERS, HIDDEN_SIZE, NUM_ATTENTION_HEADS, INTERMEDIATE_SIZE,
+  NUM_KEY_VALUE_HEADS, MAX_POSITION_EMBEDDINGS, ROPE_THETA, RMS_NORM_EPS, `--kv-channels 128`,
+  `--untie-embeddings-and-output-weights` from 8B up, NUM_EXPERTS/ROUTER_TOPK/
+  MOE_INTERMEDIATE_SIZE for A3B/A22B.
+- cross-check: the parameter totals these give (`param_count`) equal, to the unit, the totals
+  keras-team/keras-hub publishes for its conversions of the same checkpoints
+  (keras_hub/src/models/qwen3/qwen3_presets.py, qwen3_moe/qwen3_moe_presets.py); see
+  tests/test_presets.py.
+The "-2507" refreshes (e.g. Qwen3-4B-Instruct-2507: 262144 positions, rope_theta 5e6) are other
+checkpoints and are not what these presets describe.
+
+Note on routing: HF `norm_topk_prob=True` (softmax over all experts, keep the top k, renormalise)
+equals megatron-core's `moe_router_pre_softmax=False` (top k logits, then softmax over them).
+Pai's script passes `--moe-router-pre-softmax` for A22B only; the HF config says the A22B weights
+are renormalised like A3B's, so both presets use pre_softmax=False.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +59,10 @@ class ModelPreset:
     moe_ffn_hidden_size: int | None = None
     hf_model_type: str = "qwen3"
     """The transformers config class it mirrors (qwen3, qwen3_moe)."""
+    moe_norm_topk_prob: bool = True
+    """MoE: renormalise the top-k routing weights to sum to 1 (HF `norm_topk_prob`)."""
+    hf_repo: str | None = None
+    """The Hugging Face checkpoint whose config.json the numbers come from."""
 
     @property
     def is_moe(self) -> bool:
@@ -43,7 +73,57 @@ TINY = ModelPreset(name="tiny", num_layers=2, hidden_size=64, ffn_hidden_size=12
                    num_query_groups=2, kv_channels=16, vocab_size=129280, max_position_embeddings=4096,
                    tie_word_embeddings=False)
 
-PRESETS: dict[str, ModelPreset] = {"tiny": TINY}
+_QWEN3_VOCAB = 151936        # config.json vocab_size (all Qwen3 sizes; Pai: 151643 tokens + 293 extra)
+_QWEN3_POSITIONS = 40960     # config.json max_position_embeddings (Pai MAX_POSITION_EMBEDDINGS)
+
+# Dense. Per row: (num_hidden_layers, hidden_size, intermediate_size, num_attention_heads,
+# num_key_value_heads, tie_word_embeddings), from Qwen/Qwen3-<size>/config.json and Pai's
+# run_mcore_qwen3.sh (NUM_LAYERS, HIDDEN_SIZE, INTERMEDIATE_SIZE, NUM_ATTENTION_HEADS,
+# NUM_KEY_VALUE_HEADS; tie: no `--untie-embeddings-and-output-weights` for 0.6B/1.7B/4B).
+QWEN3_0_6B = ModelPreset(name="0.6B", hf_repo="Qwen/Qwen3-0.6B", num_layers=28, hidden_size=1024,
+                         ffn_hidden_size=3072, num_attention_heads=16, num_query_groups=8, kv_channels=128,
+                         vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                         tie_word_embeddings=True)
+QWEN3_1_7B = ModelPreset(name="1.7B", hf_repo="Qwen/Qwen3-1.7B", num_layers=28, hidden_size=2048,
+                         ffn_hidden_size=6144, num_attention_heads=16, num_query_groups=8, kv_channels=128,
+                         vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                         tie_word_embeddings=True)
+QWEN3_4B = ModelPreset(name="4B", hf_repo="Qwen/Qwen3-4B", num_layers=36, hidden_size=2560,
+                       ffn_hidden_size=9728, num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                       vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                       tie_word_embeddings=True)
+QWEN3_8B = ModelPreset(name="8B", hf_repo="Qwen/Qwen3-8B", num_layers=36, hidden_size=4096,
+                       ffn_hidden_size=12288, num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                       vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                       tie_word_embeddings=False)
+QWEN3_14B = ModelPreset(name="14B", hf_repo="Qwen/Qwen3-14B", num_layers=40, hidden_size=5120,
+                        ffn_hidden_size=17408, num_attention_heads=40, num_query_groups=8, kv_channels=128,
+                        vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                        tie_word_embeddings=False)
+QWEN3_32B = ModelPreset(name="32B", hf_repo="Qwen/Qwen3-32B", num_layers=64, hidden_size=5120,
+                        ffn_hidden_size=25600, num_attention_heads=64, num_query_groups=8, kv_channels=128,
+                        vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                        tie_word_embeddings=False)
+
+# MoE, from Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B config.json (num_experts=128,
+# num_experts_per_tok=8, moe_intermediate_size, norm_topk_prob=true, intermediate_size is the
+# unused dense width since mlp_only_layers=[]) and Pai's A3B/A22B rows (NUM_EXPERTS, ROUTER_TOPK,
+# MOE_INTERMEDIATE_SIZE, NUM_KEY_VALUE_HEADS=4, untied).
+QWEN3_A3B = ModelPreset(name="A3B", hf_repo="Qwen/Qwen3-30B-A3B", hf_model_type="qwen3_moe", num_layers=48,
+                        hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32, num_query_groups=4,
+                        kv_channels=128, vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                        tie_word_embeddings=False, num_experts=128, moe_router_topk=8,
+                        moe_ffn_hidden_size=768, moe_norm_topk_prob=True)
+QWEN3_A22B = ModelPreset(name="A22B", hf_repo="Qwen/Qwen3-235B-A22B", hf_model_type="qwen3_moe", num_layers=94,
+                         hidden_size=4096, ffn_hidden_size=12288, num_attention_heads=64, num_query_groups=4,
+                         kv_channels=128, vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                         tie_word_embeddings=False, num_experts=128, moe_router_topk=8,
+                         moe_ffn_hidden_size=1536, moe_norm_topk_prob=True)
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p for p in (TINY, QWEN3_0_6B, QWEN3_1_7B, QWEN3_4B, QWEN3_8B, QWEN3_14B, QWEN3_32B,
+                        QWEN3_A3B, QWEN3_A22B)
+}
 
 
 def get_preset(name: str) -> ModelPreset:
@@ -51,3 +131,122 @@ def get_preset(name: str) -> ModelPreset:
         if key.lower() == name.lower():
             return preset
     raise ValueError(f"unknown MODEL_SIZE {name!r}; known: {', '.join(PRESETS)}")
+
+
+# -- transformers ------------------------------------------------------------------------------
+def hf_config(preset: ModelPreset):
+    """The `transformers` Qwen3Config / Qwen3MoeConfig of the preset's architecture."""
+    common: dict[str, Any] = {
+        "vocab_size": preset.vocab_size, "hidden_size": preset.hidden_size,
+        "intermediate_size": preset.ffn_hidden_size, "num_hidden_layers": preset.num_layers,
+        "num_attention_heads": preset.num_attention_heads, "num_key_value_heads": preset.num_query_groups,
+        "head_dim": preset.kv_channels, "hidden_act": "silu",
+        "max_position_embeddings": preset.max_position_embeddings, "rms_norm_eps": preset.norm_epsilon,
+        "tie_word_embeddings": preset.tie_word_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(preset.rotary_base)},
+        "attention_bias": False, "use_sliding_window": False,
+    }
+    if not preset.qk_layernorm:
+        raise ValueError(f"{preset.name}: Qwen3 always has q/k RMSNorm; qk_layernorm=False has no HF config")
+    if preset.is_moe:
+        from transformers import Qwen3MoeConfig
+
+        # transformers 5 has no head_dim field on Qwen3MoeConfig, but the attention reads
+        # `config.head_dim` when present (as the real config.json sets it); without it the head
+        # would be hidden/heads = 64 wide.
+        config = Qwen3MoeConfig(
+            **common, num_experts=preset.num_experts, num_experts_per_tok=preset.moe_router_topk,
+            moe_intermediate_size=preset.moe_ffn_hidden_size, norm_topk_prob=preset.moe_norm_topk_prob,
+            decoder_sparse_step=1, mlp_only_layers=[],
+        )
+    else:
+        from transformers import Qwen3Config
+
+        config = Qwen3Config(**common, max_window_layers=preset.num_layers)
+    if getattr(config, "head_dim", None) != preset.kv_channels:
+        raise RuntimeError(f"{type(config).__name__} dropped head_dim={preset.kv_channels}")
+    return config
+
+
+# -- megatron-core -----------------------------------------------------------------------------
+def transformer_config_kwargs(preset: ModelPreset) -> dict[str, Any]:
+    """Keyword arguments of megatron-core's `TransformerConfig` expressing the architecture.
+
+    No parallelism, precision or init settings: the caller adds those (e.g. params_dtype,
+    use_cpu_initialization, tensor_model_parallel_size). The GPTModel arguments (vocabulary,
+    sequence length, RoPE base, tying) are in `gpt_model_kwargs`.
+    """
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "num_layers": preset.num_layers,
+        "hidden_size": preset.hidden_size,
+        "ffn_hidden_size": preset.ffn_hidden_size,
+        "num_attention_heads": preset.num_attention_heads,
+        "num_query_groups": preset.num_query_groups,
+        "kv_channels": preset.kv_channels,
+        "normalization": "RMSNorm",
+        "layernorm_epsilon": preset.norm_epsilon,
+        "gated_linear_unit": True,  # SwiGLU: silu(gate) * up
+        "activation_func": torch.nn.functional.silu,
+        "add_bias_linear": False,
+        "add_qkv_bias": False,  # Qwen3 (unlike Qwen2) has no qkv bias
+        "qk_layernorm": preset.qk_layernorm,
+    }
+    if preset.is_moe:
+        kwargs.update(
+            num_moe_experts=preset.num_experts,
+            moe_router_topk=preset.moe_router_topk,
+            moe_ffn_hidden_size=preset.moe_ffn_hidden_size,
+            moe_layer_freq=1,  # every layer (HF decoder_sparse_step=1)
+            moe_shared_expert_intermediate_size=None,
+            moe_router_score_function="softmax",
+            # norm_topk_prob=True: softmax over the top-k logits (= renormalised top-k probs);
+            # False: top-k of the softmax over all experts, not renormalised.
+            moe_router_pre_softmax=not preset.moe_norm_topk_prob,
+            moe_grouped_gemm=False,  # CPU: sequential experts (no grouped_gemm/TE)
+        )
+    return kwargs
+
+
+def gpt_model_kwargs(preset: ModelPreset) -> dict[str, Any]:
+    """Keyword arguments of megatron-core's `GPTModel` (besides config and layer spec)."""
+    return {
+        "vocab_size": preset.vocab_size,
+        "max_sequence_length": preset.max_position_embeddings,
+        "position_embedding_type": "rope",
+        "rotary_percent": 1.0,
+        "rotary_base": int(preset.rotary_base),
+        "share_embeddings_and_output_weights": preset.tie_word_embeddings,
+    }
+
+
+def layer_spec(preset: ModelPreset):
+    """The megatron-core local (no TransformerEngine) layer spec for the preset."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return get_gpt_layer_local_spec(num_experts=preset.num_experts, moe_grouped_gemm=False,
+                                    qk_layernorm=preset.qk_layernorm, normalization="RMSNorm")
+
+
+def param_count(preset: ModelPreset) -> int:
+    """Parameters of the megatron-core GPTModel for the preset (pipeline 1, tied embeddings once).
+
+    Equal to the transformers model's count: the same tensors, fused differently (megatron's
+    linear_qkv = HF q/k/v_proj, linear_fc1 = gate_proj + up_proj).
+    """
+    h, kv = preset.hidden_size, preset.kv_channels
+    q_width = preset.num_attention_heads * kv
+    kv_width = preset.num_query_groups * kv
+    attention = h * (q_width + 2 * kv_width) + q_width * h      # linear_qkv + linear_proj
+    if preset.qk_layernorm:
+        attention += 2 * kv                                     # q_layernorm, k_layernorm (per head dim)
+    if preset.is_moe:
+        expert = 3 * h * preset.moe_ffn_hidden_size             # fc1 (gate, up) + fc2
+        mlp = preset.num_experts * expert + preset.num_experts * h   # experts + router (no bias)
+    else:
+        mlp = 3 * h * preset.ffn_hidden_size
+    layer = attention + mlp + 2 * h                             # input_layernorm, pre_mlp_layernorm
+    embedding = preset.vocab_size * h
+    output = 0 if preset.tie_word_embeddings else preset.vocab_size * h
+    return embedding + preset.num_layers * layer + h + output   # + final_layernorm
