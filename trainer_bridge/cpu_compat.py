@@ -4,7 +4,8 @@ megatron-core is written for GPUs. With gloo on CPU it trains correctly (TP/PP/E
 TP=1, see ../shared/notes) once these are in place:
 
 * a few modules ask for ``cuda`` devices (``torch.cuda.current_device()``, ``device="cuda"``,
-  ``tensor.cuda()``): a torch function mode maps them to the CPU;
+  ``tensor.cuda()``): a torch function mode maps them to the CPU, and ``torch.cuda.synchronize``
+  (called by the checkpoint writer) does nothing;
 * gradient clipping asserts CUDA tensors while scaling (the norm itself is right): the scaling
   is done with ``torch._foreach_mul_`` instead;
 * megatron-core 0.16.1's MoE utilities name ``te_general_gemm`` even without TransformerEngine.
@@ -63,6 +64,7 @@ def enable() -> bool:
     if _ENABLED:
         return True
     torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.cuda.synchronize = lambda *args, **kwargs: None  # checkpoint writers wait for the GPU
     _CudaToCpu().__enter__()  # for the rest of the process: megatron asks for cuda at many depths
     from megatron.core.optimizer import optimizer as megatron_optimizer
     from megatron.core.transformer.moe import moe_utils

@@ -124,8 +124,14 @@ def train(config: TrainConfig) -> int:
                     writer.add_scalar(name, value, iteration)
         if valid_set is not None and config.eval_interval and iteration % config.eval_interval == 0:
             _log(f"validation at iteration {iteration} | lm loss {_evaluate(config, ddp, valid_set, forward_step, length, num_microbatches, dp_rank, dp_size):.6f}")
-        if config.save and config.save_interval and iteration % config.save_interval == 0:
+        saved = bool(config.save and config.save_interval and iteration % config.save_interval == 0)
+        if saved:
             checkpoint.save(config, ddp, optimizer, scheduler, iteration, consumed)
+        if config.exit_interval and iteration % config.exit_interval == 0 and iteration < config.train_iters:
+            if config.save and not saved:
+                checkpoint.save(config, ddp, optimizer, scheduler, iteration, consumed)
+            _log(f"exiting at iteration {iteration} (--exit-interval)")
+            break
     if writer is not None:
         writer.close()
     _log(f"done: {iteration} iterations, final lm loss {losses[-1] if losses else math.nan:.6f}")

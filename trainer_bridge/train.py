@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float
     clip_grad: float
     num_workers: int
+    exit_interval: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -127,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a("--weight-decay", type=float, default=0.1)
     a("--clip-grad", type=float, default=1.0)
     a("--num-workers", type=int, default=0)
+    a("--exit-interval", type=int, default=0, help="stop (after saving) when the iteration is a multiple of this")
     args = p.parse_args(argv)
     kw = vars(args)
     kw["data_path"] = tuple(kw["data_path"])
