@@ -8,7 +8,11 @@ TP=1, see ../shared/notes) once these are in place:
   (called by the checkpoint writer) does nothing;
 * gradient clipping asserts CUDA tensors while scaling (the norm itself is right): the scaling
   is done with ``torch._foreach_mul_`` instead;
+* activation recomputation saves and restores the CUDA RNG state: the CPU generator's instead;
 * megatron-core 0.16.1's MoE utilities name ``te_general_gemm`` even without TransformerEngine.
+
+Mixed precision (bf16/fp16) and the distributed optimizer check for CUDA tensors throughout and
+are GPU-only: the entry refuses them on CPU with a message.
 
 `enable()` does nothing when CUDA is available, so GPU runs are untouched.
 """
@@ -69,7 +73,13 @@ def enable() -> bool:
     from megatron.core.optimizer import optimizer as megatron_optimizer
     from megatron.core.transformer.moe import moe_utils
 
+    from megatron.core.tensor_parallel import random as megatron_random
+
     megatron_optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    # activation recomputation saves and restores the "CUDA" RNG: the CPU generator here
+    megatron_random._get_cuda_rng_state = lambda *args, clone=False, **kwargs: \
+        torch.get_rng_state().clone() if clone else torch.get_rng_state()
+    megatron_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
     _ENABLED = True

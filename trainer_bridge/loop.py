@@ -21,6 +21,9 @@ def train(config: TrainConfig) -> int:
     from trainer_bridge import cpu_compat
 
     cpu = cpu_compat.enable()
+    if cpu and (config.precision != "fp32" or config.use_distributed_optimizer or config.optimizer_offload_fraction):
+        raise ValueError("no GPU here: megatron-core's mixed-precision and distributed optimizers need CUDA; "
+                         "on CPU use --precision fp32 without --use-distributed-optimizer/offload")
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer

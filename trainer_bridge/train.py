@@ -234,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from trainer_bridge.loop import train
 
-    return train(config)
+    try:
+        return train(config)
+    except ValueError as exc:  # a setting this machine or the data cannot serve: one line
+        if os.environ.get("DATAPREP_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
