@@ -122,3 +122,31 @@ def test_bad_options_are_one_line_errors(data):
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --dataset-type raw is for SFT data (alpaca/messages/ShareGPT json): add --sft"
+
+
+def test_tensor_parallel_2_on_cpu_matches_tp1(data):
+    """torchrun with 2 gloo processes and TP=2 gives TP=1's losses (same initial weights: every rank
+    draws the full weight on CPU and keeps its slice)."""
+    common = ["--data-path", data["pretrain"], "--seq-length", 32, "--train-iters", 5]
+    tp1 = train(*common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "trainer_bridge.train", "--model-size", "tiny", "--micro-batch-size", "2", "--global-batch-size", "4",
+           "--lr", "5e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "2", "--log-interval", "1",
+           "--eval-interval", "100000", "--tensor-model-parallel-size", "2", *map(str, common)]
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    tp2 = {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(done.stdout)}
+    assert sorted(tp2) == sorted(tp1)
+    np.testing.assert_allclose([tp2[i] for i in sorted(tp2)], [tp1[i] for i in sorted(tp1)], atol=1e-5)
+
+
+def test_starting_weights_and_tensorboard(data, tmp_path):
+    """--load starts from a checkpoint's weights (its first loss is the trained model's, lower than a
+    fresh model's); TensorBoard event files are written."""
+    common = ["--data-path", data["pretrain"], "--seq-length", 32]
+    trained = train(*common, "--train-iters", 12, "--save", tmp_path / "ckpt", "--save-interval", 12)
+    fresh = train(*common, "--train-iters", 1, "--lr-warmup-iters", 0)
+    loaded = train(*common, "--train-iters", 1, "--lr-warmup-iters", 0, "--load", tmp_path / "ckpt" / "iter_0000012",
+                   "--tensorboard-dir", tmp_path / "tb")
+    assert loaded[1] < fresh[1] - 0.5 and loaded[1] < trained[1]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

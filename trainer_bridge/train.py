@@ -79,6 +79,10 @@ class TrainConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"--global-batch-size {self.global_batch_size} is not a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
+        decay = self.lr_decay_iters or self.train_iters
+        if self.lr_warmup_iters and self.lr_warmup_iters >= decay:
+            raise ValueError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below the decay iterations "
+                             f"{decay} (--lr-decay-iters, else --train-iters)")
         if self.pad_length is not None and self.pad_length > self.seq_length:
             raise ValueError(f"--pad-length {self.pad_length} exceeds --seq-length {self.seq_length}")
 
