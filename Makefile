@@ -29,6 +29,15 @@ demo: install
 	$(BIN)/dataprep sft --input dataprep/samples/alpaca_zh-sample.json dataprep/samples/chat_sample.jsonl \
 	    --tokenizer DeepSeekV2Tokenizer --output-prefix $(DEMO_OUT)/sft_deepseekv2 --seq-length 512 --packing --workers 2
 	$(BIN)/dataprep inspect $(DEMO_OUT)/sft_deepseekv2_text_document --decode --sample 3 70
+	@echo "== training the tiny model on CPU: pretrain idxmap, then raw alpaca json (MP_DATASET_TYPE=raw)"
+	PYTHONWARNINGS=ignore $(BIN)/python -m trainer_bridge.train --model-size tiny \
+	    --data-path $(DEMO_OUT)/mmap_deepseekv2_datasets_text_document --seq-length 64 \
+	    --micro-batch-size 2 --global-batch-size 4 --lr 5e-3 --min-lr 1e-4 --lr-warmup-iters 2 \
+	    --train-iters 20 --log-interval 4 --eval-interval 10 --eval-iters 2
+	MP_DATASET_TYPE=raw PYTHONWARNINGS=ignore $(BIN)/python -m trainer_bridge.train --model-size tiny --sft \
+	    --tokenizer DeepSeekV2Tokenizer --data-path dataprep/samples/alpaca_zh-sample.json \
+	    --seq-length 128 --pad-length 128 --micro-batch-size 2 --global-batch-size 4 --lr 5e-3 \
+	    --min-lr 1e-4 --lr-warmup-iters 2 --train-iters 20 --log-interval 4 --eval-interval 100
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
