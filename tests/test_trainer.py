@@ -150,3 +150,19 @@ def test_starting_weights_and_tensorboard(data, tmp_path):
                    "--tensorboard-dir", tmp_path / "tb")
     assert loaded[1] < fresh[1] - 0.5 and loaded[1] < trained[1]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_pai_launcher_runs_the_entry_on_cpu(data, tmp_path):
+    """Pai's 27 positional parameters through run_mcore.sh train the tiny model here; bf16 and the
+    distributed optimizer fall back to fp32 and the standard optimizer on CPU, with a note."""
+    script = ROOT / "trainer_bridge" / "scripts" / "run_mcore.sh"
+    params = ["dsw", "tiny", 2, 4, "5e-3", "1e-4", 32, 32, "bf16", 1, 1, 1, 1, 1, "false", "true", "false",
+              "false", "none", "false", 100000, data["pretrain"], "none", "none", 4 * 32 * 6, 4 * 32 * 2,
+              tmp_path / "out"]
+    env = cli_env(PYTHON=sys.executable, MASTER_PORT="29547")
+    done = subprocess.run(["bash", str(script), *map(str, params)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    losses = {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(done.stdout)}
+    assert sorted(losses) == list(range(1, 7))  # 6 iterations = tokens / global batch / seq_len
+    assert "note: no GPU: training in fp32 with the standard optimizer (asked: bf16, distributed optimizer)" in done.stdout

@@ -12,7 +12,7 @@ TP=1, see ../shared/notes) once these are in place:
 * megatron-core 0.16.1's MoE utilities name ``te_general_gemm`` even without TransformerEngine.
 
 Mixed precision (bf16/fp16) and the distributed optimizer check for CUDA tensors throughout and
-are GPU-only: the entry refuses them on CPU with a message.
+are GPU-only: on CPU the entry trains in fp32 with the standard optimizer and prints a note.
 
 `enable()` does nothing when CUDA is available, so GPU runs are untouched.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -22,8 +23,13 @@ def train(config: TrainConfig) -> int:
 
     cpu = cpu_compat.enable()
     if cpu and (config.precision != "fp32" or config.use_distributed_optimizer or config.optimizer_offload_fraction):
-        raise ValueError("no GPU here: megatron-core's mixed-precision and distributed optimizers need CUDA; "
-                         "on CPU use --precision fp32 without --use-distributed-optimizer/offload")
+        # the same command runs on a CPU machine: megatron-core's mixed-precision and distributed
+        # optimizers need CUDA tensors, so train in fp32 with the plain optimizer and say so
+        _log(f"note: no GPU: training in fp32 with the standard optimizer (asked: {config.precision}"
+             f"{', distributed optimizer' if config.use_distributed_optimizer else ''}"
+             f"{', optimizer offload' if config.optimizer_offload_fraction else ''})")
+        config = dataclasses.replace(config, precision="fp32", use_distributed_optimizer=False,
+                                     optimizer_offload_fraction=0.0)
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
