@@ -1,8 +1,8 @@
 """Checkpoints: megatron-core distributed checkpoints under ``--save``, resumed from the latest.
 
 ``{save}/iter_{N:07d}/`` holds the model and optimizer (sharded: each rank writes its part, any
-parallel layout can load it) plus the scheduler, the iteration and the consumed-sample count (the
-data position), and ``{save}/latest_checkpointed_iteration.txt`` (Megatron's name) names the latest
+parallel layout can load it) plus the scheduler, the random generators, the iteration and the
+consumed-sample count (the data position), and ``{save}/latest_checkpointed_iteration.txt`` (Megatron's name) names the latest
 complete one: it is replaced atomically after the checkpoint is fully written, so a crash while
 saving resumes from the previous checkpoint. ``--load`` gives starting weights only.
 """
@@ -14,6 +14,36 @@ import os
 import torch
 
 LATEST = "latest_checkpointed_iteration.txt"
+
+
+def _rng_state() -> dict:
+    """The random generators (rank 0's: the model has no dropout, so they rarely matter)."""
+    import random
+
+    import numpy as np
+
+    from megatron.core import tensor_parallel
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _model_state(ddp) -> dict:
@@ -30,7 +60,8 @@ def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> st
     torch.distributed.barrier()
     model = _model_state(ddp)
     state = {"model": model, "optimizer": optimizer.sharded_state_dict(model),
-             "scheduler": scheduler.state_dict(), "iteration": iteration, "consumed_samples": consumed}
+             "scheduler": scheduler.state_dict(), "iteration": iteration, "consumed_samples": consumed,
+             "rng": _rng_state()}
     dist_checkpointing.save(state, path)
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
@@ -59,6 +90,8 @@ def load(config, ddp, optimizer, scheduler) -> dict | None:
             ddp.module.module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "rng" in state:
+            _set_rng_state(state["rng"])
         return {"iteration": int(state["iteration"]), "consumed_samples": int(state["consumed_samples"])}
     if config.load:
         model = _model_state(ddp)

@@ -154,6 +154,18 @@ def _init_distributed() -> None:
     torch.distributed.init_process_group(backend)
 
 
+def uses_transformer_engine() -> bool:
+    """GPU runs use TransformerEngine layers when it is installed; otherwise megatron-core's local
+    layers, where packed rows get a block-diagonal causal mask instead of THD attention."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build_model(config: TrainConfig, cpu: bool):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -184,7 +196,14 @@ def build_model(config: TrainConfig, cpu: bool):
     )
     gpt = gpt_model_kwargs(preset)
     gpt["max_sequence_length"] = max(gpt["max_sequence_length"], config.seq_length)
-    model = GPTModel(config=tconfig, transformer_layer_spec=layer_spec(preset), **gpt)
+    if uses_transformer_engine():  # GPU with TransformerEngine: fused kernels and THD packed attention
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        spec = get_gpt_layer_with_transformer_engine_spec(num_experts=preset.num_experts,
+                                                          moe_grouped_gemm=preset.is_moe, qk_layernorm=preset.qk_layernorm)
+    else:
+        spec = layer_spec(preset)
+    model = GPTModel(config=tconfig, transformer_layer_spec=spec, **gpt)
     if config.precision in ("bf16", "fp16"):
         from megatron.core.transformer.module import Float16Module
 
@@ -192,7 +211,8 @@ def build_model(config: TrainConfig, cpu: bool):
     return model, tconfig
 
 
-def forward_step_factory(cpu: bool):
+def forward_step_factory(cpu: bool, thd: bool | None = None):
+    thd = uses_transformer_engine() if thd is None else thd
     from functools import partial
 
     from megatron.core.packed_seq_params import PackedSeqParams
@@ -215,7 +235,7 @@ def forward_step_factory(cpu: bool):
         if torch.cuda.is_available():
             tokens, labels, position_ids = tokens.cuda(), labels.cuda(), position_ids.cuda()
         packed = None
-        if "cu_seqlens" in batch and not cpu:  # THD attention with TransformerEngine
+        if "cu_seqlens" in batch and thd:  # THD attention with TransformerEngine
             cu = batch["cu_seqlens"].cuda()
             packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                                      max_seqlen_q=batch["max_seqlen"], max_seqlen_kv=batch["max_seqlen"])
