@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-sft bench-index clean
+.PHONY: install demo test bench bench-sft bench-index bench-train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench-sft: install
 
 bench-index: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpt_index.py
+
+bench-train: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/train_data.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
