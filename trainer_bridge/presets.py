@@ -76,49 +76,36 @@ TINY = ModelPreset(name="tiny", num_layers=2, hidden_size=64, ffn_hidden_size=12
 _QWEN3_VOCAB = 151936        # config.json vocab_size (all Qwen3 sizes; Pai: 151643 tokens + 293 extra)
 _QWEN3_POSITIONS = 40960     # config.json max_position_embeddings (Pai MAX_POSITION_EMBEDDINGS)
 
+
+
+def _qwen3(name: str, layers: int, hidden: int, ffn: int, heads: int, kv_heads: int, tie: bool, **moe) -> ModelPreset:
+    """A Qwen3 row: what differs between sizes; head_dim, vocabulary and positions are shared."""
+    repo = {"A3B": "Qwen/Qwen3-30B-A3B", "A22B": "Qwen/Qwen3-235B-A22B"}.get(name, f"Qwen/Qwen3-{name}")
+    return ModelPreset(name=name, hf_repo=repo, hf_model_type="qwen3_moe" if moe else "qwen3", num_layers=layers,
+                       hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=heads, num_query_groups=kv_heads,
+                       kv_channels=128, vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
+                       tie_word_embeddings=tie, **moe)
+
+
 # Dense. Per row: (num_hidden_layers, hidden_size, intermediate_size, num_attention_heads,
 # num_key_value_heads, tie_word_embeddings), from Qwen/Qwen3-<size>/config.json and Pai's
 # run_mcore_qwen3.sh (NUM_LAYERS, HIDDEN_SIZE, INTERMEDIATE_SIZE, NUM_ATTENTION_HEADS,
 # NUM_KEY_VALUE_HEADS; tie: no `--untie-embeddings-and-output-weights` for 0.6B/1.7B/4B).
-QWEN3_0_6B = ModelPreset(name="0.6B", hf_repo="Qwen/Qwen3-0.6B", num_layers=28, hidden_size=1024,
-                         ffn_hidden_size=3072, num_attention_heads=16, num_query_groups=8, kv_channels=128,
-                         vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                         tie_word_embeddings=True)
-QWEN3_1_7B = ModelPreset(name="1.7B", hf_repo="Qwen/Qwen3-1.7B", num_layers=28, hidden_size=2048,
-                         ffn_hidden_size=6144, num_attention_heads=16, num_query_groups=8, kv_channels=128,
-                         vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                         tie_word_embeddings=True)
-QWEN3_4B = ModelPreset(name="4B", hf_repo="Qwen/Qwen3-4B", num_layers=36, hidden_size=2560,
-                       ffn_hidden_size=9728, num_attention_heads=32, num_query_groups=8, kv_channels=128,
-                       vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                       tie_word_embeddings=True)
-QWEN3_8B = ModelPreset(name="8B", hf_repo="Qwen/Qwen3-8B", num_layers=36, hidden_size=4096,
-                       ffn_hidden_size=12288, num_attention_heads=32, num_query_groups=8, kv_channels=128,
-                       vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                       tie_word_embeddings=False)
-QWEN3_14B = ModelPreset(name="14B", hf_repo="Qwen/Qwen3-14B", num_layers=40, hidden_size=5120,
-                        ffn_hidden_size=17408, num_attention_heads=40, num_query_groups=8, kv_channels=128,
-                        vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                        tie_word_embeddings=False)
-QWEN3_32B = ModelPreset(name="32B", hf_repo="Qwen/Qwen3-32B", num_layers=64, hidden_size=5120,
-                        ffn_hidden_size=25600, num_attention_heads=64, num_query_groups=8, kv_channels=128,
-                        vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                        tie_word_embeddings=False)
+QWEN3_0_6B = _qwen3("0.6B", 28, 1024, 3072, 16, 8, tie=True)
+QWEN3_1_7B = _qwen3("1.7B", 28, 2048, 6144, 16, 8, tie=True)
+QWEN3_4B = _qwen3("4B", 36, 2560, 9728, 32, 8, tie=True)
+QWEN3_8B = _qwen3("8B", 36, 4096, 12288, 32, 8, tie=False)
+QWEN3_14B = _qwen3("14B", 40, 5120, 17408, 40, 8, tie=False)
+QWEN3_32B = _qwen3("32B", 64, 5120, 25600, 64, 8, tie=False)
 
 # MoE, from Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B config.json (num_experts=128,
 # num_experts_per_tok=8, moe_intermediate_size, norm_topk_prob=true, intermediate_size is the
 # unused dense width since mlp_only_layers=[]) and Pai's A3B/A22B rows (NUM_EXPERTS, ROUTER_TOPK,
 # MOE_INTERMEDIATE_SIZE, NUM_KEY_VALUE_HEADS=4, untied).
-QWEN3_A3B = ModelPreset(name="A3B", hf_repo="Qwen/Qwen3-30B-A3B", hf_model_type="qwen3_moe", num_layers=48,
-                        hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32, num_query_groups=4,
-                        kv_channels=128, vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                        tie_word_embeddings=False, num_experts=128, moe_router_topk=8,
-                        moe_ffn_hidden_size=768, moe_norm_topk_prob=True)
-QWEN3_A22B = ModelPreset(name="A22B", hf_repo="Qwen/Qwen3-235B-A22B", hf_model_type="qwen3_moe", num_layers=94,
-                         hidden_size=4096, ffn_hidden_size=12288, num_attention_heads=64, num_query_groups=4,
-                         kv_channels=128, vocab_size=_QWEN3_VOCAB, max_position_embeddings=_QWEN3_POSITIONS,
-                         tie_word_embeddings=False, num_experts=128, moe_router_topk=8,
-                         moe_ffn_hidden_size=1536, moe_norm_topk_prob=True)
+QWEN3_A3B = _qwen3("A3B", 48, 2048, 6144, 32, 4, tie=False, num_experts=128, moe_router_topk=8,
+                   moe_ffn_hidden_size=768, moe_norm_topk_prob=True)
+QWEN3_A22B = _qwen3("A22B", 94, 4096, 12288, 64, 4, tie=False, num_experts=128, moe_router_topk=8,
+                    moe_ffn_hidden_size=1536, moe_norm_topk_prob=True)
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p for p in (TINY, QWEN3_0_6B, QWEN3_1_7B, QWEN3_4B, QWEN3_8B, QWEN3_14B, QWEN3_32B,
