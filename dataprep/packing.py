@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PackingPlan", "pack_best_fit_decreasing", "pack_next_fit"]
+__all__ = ["PackingPlan", "ALGORITHMS", "pack", "pack_best_fit_decreasing", "pack_next_fit"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,3 +262,17 @@ def pack_best_fit_decreasing(lengths, seq_len: int, seed: int = 0) -> PackingPla
                 row_of[items[done + full * per_row:]] = ids[full]
                 open_rows.push(seq_len - rest * L, ids[full:])
     return _plan(lengths, seq_len, row_of, n_rows, seed)
+
+
+ALGORITHMS = ("bfd", "next-fit")
+"""Packing algorithms by the names the CLI and the datasets take."""
+
+
+def pack(lengths, seq_len: int, algorithm: str = "bfd", seed: int = 0) -> PackingPlan:
+    """``bfd`` (`pack_best_fit_decreasing`, rows ordered by ``seed``) or ``next-fit``
+    (`pack_next_fit`, Pai's: file order; ``seed`` unused)."""
+    if algorithm == "bfd":
+        return pack_best_fit_decreasing(lengths, seq_len, seed)
+    if algorithm == "next-fit":
+        return pack_next_fit(lengths, seq_len)
+    raise ValueError(f"unknown packing algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")

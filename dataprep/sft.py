@@ -26,7 +26,7 @@ from dataprep.conversations import FORMATS, RecordError, to_conversation
 from dataprep.documents import load_line
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, Progress, human_size
-from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataprep.packing import ALGORITHMS, PackingPlan, pack
 from dataprep.rejects import Rejects, report_rejects
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
 from dataprep.sources import ChunkReader, LineNumbers, expand_inputs, read_chunk_lines
@@ -38,7 +38,6 @@ from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, Nat
 
 SIDECAR_FORMAT = "dataprep-sft-sidecar/1"
 LAYOUTS = ("native", "pai")
-PACKERS = {"bfd": pack_best_fit_decreasing, "next-fit": lambda lengths, seq_len, seed: pack_next_fit(lengths, seq_len)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,9 +73,9 @@ class SFTConfig(RunConfig):
             raise DataprepError(f"unknown --layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
         if self.fmt not in ("auto", *FORMATS):
             raise DataprepError(f"unknown --format {self.fmt!r}; known: auto, {', '.join(FORMATS)}")
-        if self.packing_algorithm not in PACKERS:
+        if self.packing_algorithm not in ALGORITHMS:
             raise DataprepError(f"unknown --packing-algorithm {self.packing_algorithm!r}; known: "
-                                f"{', '.join(PACKERS)}")
+                                f"{', '.join(ALGORITHMS)}")
         if self.seq_length is not None and self.seq_length < 2:
             raise DataprepError(f"--seq-length must be at least 2, got {self.seq_length}")
         if self.layout == "pai" and self.seq_length is None:
@@ -153,6 +152,14 @@ def resolve_template(name: str, tok: LoadedTokenizer) -> str:
     return renderer.name
 
 
+def sft_options(tok: LoadedTokenizer, *, fmt: str, template: str, system: str | None,
+                trust_remote_code: bool, **rest) -> SFTOptions:
+    """The record options for this tokenizer (template resolved, its eos text): the same for
+    `dataprep sft` and raw mode, so both encode records alike."""
+    return SFTOptions(fmt=fmt, template=resolve_template(template, tok), eos_text=tok.hf.eos_token or "",
+                      tokenizer_path=tok.path, system=system, trust_remote_code=trust_remote_code, **rest)
+
+
 def pad_id(tok: LoadedTokenizer) -> int:
     """The tokenizer's pad id, else its eos (labels never use it: they use -100)."""
     pad = getattr(tok.hf, "pad_token_id", None)
@@ -193,18 +200,12 @@ def probe_segments(files: list[str], options: SFTOptions, tok: LoadedTokenizer, 
 def run_sft(config: SFTConfig, log=print) -> SFTSummary:
     started = time.perf_counter()
     files = expand_inputs(list(config.inputs))
-    resolved: dict[str, SFTOptions] = {}
 
     def options_for(tok: LoadedTokenizer) -> SFTOptions:
-        if not resolved:
-            dtype = "int32" if config.layout == "pai" else optimal_dtype(tok.vocab_size).name
-            resolved["options"] = SFTOptions(
-                fmt=config.fmt, template=resolve_template(config.template, tok),
-                eos_text=tok.hf.eos_token or "", tokenizer_path=tok.path, system=config.system,
-                seq_length=config.seq_length, drop_long=config.drop_long,
-                trust_remote_code=config.trust_remote_code, dtype=dtype,
-                stop_at_first_reject=not config.skip_bad_records)
-        return resolved["options"]
+        return sft_options(tok, fmt=config.fmt, template=config.template, system=config.system,
+                           trust_remote_code=config.trust_remote_code, seq_length=config.seq_length,
+                           drop_long=config.drop_long, stop_at_first_reject=not config.skip_bad_records,
+                           dtype="int32" if config.layout == "pai" else optimal_dtype(tok.vocab_size).name)
 
     trusted = start_trusted_workers(
         config, probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, config.probe_records),
@@ -291,7 +292,7 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
 def _plan(config: SFTConfig, lengths: np.ndarray) -> PackingPlan | None:
     """The rows: packed when asked, else one record per row (pai); None when there are no rows."""
     if config.packing:
-        return PACKERS[config.packing_algorithm](lengths, config.seq_length, config.seed)
+        return pack(lengths, config.seq_length, config.packing_algorithm, config.seed)
     if config.layout == "pai":
         n = len(lengths)
         return PackingPlan(seq_len=config.seq_length, row_offsets=np.arange(n + 1), order=np.arange(n),

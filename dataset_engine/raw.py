@@ -330,19 +330,14 @@ def open_raw_sft(paths: list[str], *, tokenizer: str, tokenizer_path: str | None
                  cache_dir: str | None = None) -> RawSFT:
     """Raw records with `dataprep sft`'s formatting and the fastest engine that reproduces the
     reference tokenizer on this input (the same start-up check as `dataprep sft`, in-process)."""
-    from dataprep.sft import SFTOptions, pad_id, probe_segments, resolve_template
+    from dataprep.sft import SFTOptions, pad_id, probe_segments, sft_options
     from dataprep.sources import expand_inputs
     from dataprep.workers import WorkerConfig, start_trusted_workers
 
     files = expand_inputs(list(paths))
-    resolved: dict = {}
 
     def options_for(tok) -> SFTOptions:
-        if not resolved:
-            resolved["options"] = SFTOptions(
-                fmt=fmt, template=resolve_template(template, tok), eos_text=tok.hf.eos_token or "",
-                tokenizer_path=tok.path, system=system, trust_remote_code=trust_remote_code)
-        return resolved["options"]
+        return sft_options(tok, fmt=fmt, template=template, system=system, trust_remote_code=trust_remote_code)
 
     trusted = start_trusted_workers(
         WorkerConfig(tokenizer=tokenizer, tokenizer_path=tokenizer_path, backend=backend, workers=1,

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataprep.packing import ALGORITHMS, PackingPlan, pack
 from dataset_engine.batch import collate
 from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, shifted_labels
 
@@ -81,8 +81,8 @@ class SFTDatasetConfig:
             raise ValueError(f"seq_length must be at least 2, got {self.seq_length}")
         if self.pad_length is not None and not 2 <= self.pad_length <= self.seq_length:
             raise ValueError(f"pad_length must be in [2, seq_length={self.seq_length}], got {self.pad_length}")
-        if self.packing_algorithm not in ("bfd", "next-fit"):
-            raise ValueError(f"unknown packing_algorithm {self.packing_algorithm!r}; known: bfd, next-fit")
+        if self.packing_algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown packing_algorithm {self.packing_algorithm!r}; known: {', '.join(ALGORITHMS)}")
 
     @property
     def sample_length(self) -> int:
@@ -139,9 +139,11 @@ class SFTDataset(torch.utils.data.Dataset):
         fitted lengths. Only records longer than ``length`` can lose all, so only they are read."""
         lengths = np.asarray(self.source.lengths, np.int64)
         keep = np.ones(len(lengths), bool)
-        for i in np.flatnonzero(lengths > length).tolist():
-            ids, mask = self.source.record(i)
-            keep[i] = fit_record(ids, mask, length)[2] == FIT_TRUNCATED
+        long = np.flatnonzero(lengths > length).tolist()
+        for lo in range(0, len(long), 1024):  # raw mode tokenizes each batch in one engine call
+            batch = long[lo:lo + 1024]
+            for i, (ids, mask) in zip(batch, self.source.records(batch)):
+                keep[i] = fit_record(ids, mask, length)[2] == FIT_TRUNCATED
         records = np.flatnonzero(keep)
         return records, np.minimum(lengths[records], length)
 
@@ -154,10 +156,7 @@ class SFTDataset(torch.utils.data.Dataset):
             with np.load(path, allow_pickle=False) as cached:
                 return PackingPlan(seq_len=c.seq_length, row_offsets=cached["row_offsets"],
                                    order=cached["order"], lengths=self.fitted)
-        if c.packing_algorithm == "bfd":
-            plan = pack_best_fit_decreasing(self.fitted, c.seq_length, c.seed)
-        else:
-            plan = pack_next_fit(self.fitted, c.seq_length)
+        plan = pack(self.fitted, c.seq_length, c.packing_algorithm, c.seed)
         if path:
             os.makedirs(c.cache_dir, exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp.npz"  # concurrent builders each write their own, then rename
