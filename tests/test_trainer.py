@@ -95,7 +95,7 @@ def test_prompt_and_padding_carry_no_loss(data):
         seen.update(tokens=tokens, labels=labels, mask=attention_mask)
         return torch.arange(tokens.numel(), dtype=torch.float32).view(tokens.shape)  # loss = position
 
-    forward_step = forward_step_factory(cpu=True)
+    forward_step = forward_step_factory(thd=False)  # the CPU path: a block-diagonal mask
     output, loss_func = forward_step(iter([batch]), model)
     total, count, _ = loss_func(output)
     trained = batch["labels"] != -100

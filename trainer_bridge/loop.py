@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from trainer_bridge.train import TrainConfig, _init_distributed, build_model, forward_step_factory
+from trainer_bridge.train import TrainConfig, init_distributed, build_model, forward_step_factory
 
 
 def _log(line: str) -> None:
@@ -17,7 +17,7 @@ def _log(line: str) -> None:
 
 
 def train(config: TrainConfig) -> int:
-    _init_distributed()
+    init_distributed()
     from trainer_bridge import cpu_compat
 
     cpu = cpu_compat.enable()
@@ -102,7 +102,7 @@ def train(config: TrainConfig) -> int:
         except ImportError:
             _log("note: tensorboard is not installed; logging to stdout only")
 
-    forward_step = forward_step_factory(cpu)
+    forward_step = forward_step_factory()
     forward_backward = get_forward_backward_func()
     losses: list[float] = []
     while iteration < config.train_iters:

@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**kw)
 
 
-def _init_distributed() -> None:
+def init_distributed() -> None:
     if torch.distributed.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -216,7 +216,8 @@ def build_model(config: TrainConfig, cpu: bool):
     return model, tconfig
 
 
-def forward_step_factory(cpu: bool, thd: bool | None = None):
+def forward_step_factory(thd: bool | None = None):
+    """The schedule's forward step; ``thd``: packed rows as THD attention (default: with TransformerEngine)."""
     thd = uses_transformer_engine() if thd is None else thd
     from functools import partial
 
