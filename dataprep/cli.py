@@ -35,6 +35,47 @@ def _add_tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-keys", nargs="+", default=["text"], help="record fields to tokenize")
 
 
+def _size(text: str) -> int:
+    """A byte count: 1048576, 512K, 256M, 4G (powers of 1024)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    try:
+        return int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M)") from None
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Options every tokenizing run shares: parallelism, engines, resuming, bad records."""
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: the cores available); with --engine ray: Ray CPUs "
+                        "of the local instance it starts")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: worker processes on this machine (default); ray: Ray tasks, one per "
+                        "shard, on a Ray cluster (pip install 'megatron-dataprep[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://host:10001); default: a local instance")
+    p.add_argument("--shard-bytes", type=_size, default="256M",
+                   help="input bytes per shard, the unit of resuming and of Ray tasks (default 256M)")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep {PREFIX}.work (finished shards and markers) after success")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an unfinished run's {PREFIX}.work instead of resuming it")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="write bad records to {PREFIX}.rejects.jsonl and go on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    from dataprep.executor import available_cores
+
+    return dict(inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
+                tokenizer_path=args.tokenizer_path, workers=args.workers or available_cores(),
+                skip_bad_records=args.skip_bad_records, backend=args.tokenizer_backend,
+                trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+                engine=args.engine, ray_address=args.ray_address, shard_bytes=args.shard_bytes,
+                keep_work=args.keep_work, restart=args.restart)
+
+
 def _tokenizer_name(args: argparse.Namespace) -> str:
     name = args.tokenizer or args.tokenizer_type
     if not name:
@@ -55,17 +96,10 @@ def _unsupported(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from dataprep.executor import available_cores
     from dataprep.pretrain import PretrainConfig, run_pretrain
 
     _unsupported(args)
-    config = PretrainConfig(
-        inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
-        tokenizer_path=args.tokenizer_path, json_keys=tuple(args.json_keys),
-        workers=args.workers or available_cores(), append_eod=args.append_eod,
-        skip_bad_records=args.skip_bad_records, backend=args.tokenizer_backend,
-        trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
-    )
+    config = PretrainConfig(json_keys=tuple(args.json_keys), append_eod=args.append_eod, **_run_options(args))
     if args.partitions and args.partitions > 1:
         print(f"note: --partitions {args.partitions} has no effect: dataprep reads inputs in order "
               "and parallelises with --workers", file=sys.stderr)
@@ -75,18 +109,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from dataprep.executor import available_cores
     from dataprep.sft import SFTConfig, run_sft
 
     _unsupported(args)
     config = SFTConfig(
-        inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
-        tokenizer_path=args.tokenizer_path, seq_length=args.seq_length, fmt=args.format,
-        template=args.template, system=args.system, layout=args.layout, packing=args.packing,
-        packing_algorithm=args.packing_algorithm, seed=args.seed, drop_long=args.drop_long,
-        workers=args.workers or available_cores(), skip_bad_records=args.skip_bad_records,
-        backend=args.tokenizer_backend, trust_remote_code=args.trust_remote_code,
-        progress=not args.no_progress)
+        seq_length=args.seq_length, fmt=args.format, template=args.template, system=args.system,
+        layout=args.layout, packing=args.packing, packing_algorithm=args.packing_algorithm, seed=args.seed,
+        drop_long=args.drop_long, **_run_options(args))
     summary = run_sft(config, log=lambda m: print(m, file=sys.stderr))
     print("dataprep sft: " + "\n".join(summary.lines()))
     return 0
@@ -168,18 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
     p = sub.add_parser("pretrain", parents=[common], help="jsonl/json/parquet text → Megatron idxmap (.bin/.idx)")
-    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="files, directories or globs; local paths or URLs (s3://, gs://, file://)")
     p.add_argument("--output-prefix", required=True,
-                   help="writes {PREFIX}_{key}_document.bin/.idx/.json")
+                   help="writes {PREFIX}_{key}_document.bin/.idx/.json (a path or a URL)")
     _add_tokenizer_args(p)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: the cores available)")
+    _add_run_args(p)
     eod = p.add_mutually_exclusive_group()
     eod.add_argument("--append-eod", dest="append_eod", action="store_true", default=True,
                      help="append the eos id after each document (default)")
     eod.add_argument("--no-append-eod", dest="append_eod", action="store_false")
-    p.add_argument("--skip-bad-records", action="store_true",
-                   help="write bad records to {PREFIX}.rejects.jsonl and go on")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Megatron / Pai options kept for drop-in use
     p.add_argument("--partitions", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--keep-sequential-samples", action="store_true", help=argparse.SUPPRESS)
@@ -193,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sft", parents=[common],
                        help="alpaca / messages / ShareGPT records → SFT idxmaps with loss masks")
-    s.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    s.add_argument("--input", nargs="+", required=True,
+                   help="files, directories or globs; local paths or URLs (s3://, gs://, file://)")
     s.add_argument("--output-prefix", required=True,
-                   help="writes {PREFIX}_text_document.bin/.idx/.json (+ {PREFIX}_loss_mask_document for native)")
+                   help="writes {PREFIX}_text_document.bin/.idx/.json (+ {PREFIX}_loss_mask_document for "
+                        "native); a path or a URL")
     _add_tokenizer_args(s)
     s.add_argument("--seq-length", type=int, default=None,
                    help="truncate records to this many tokens (drop those whose prompt fills it); "
@@ -216,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1234, help="order of the packed rows (default 1234)")
     s.add_argument("--drop-long", action="store_true", help="drop records longer than --seq-length "
                                                              "instead of truncating them")
-    s.add_argument("--workers", type=int, default=None, help="processes (default: the cores available)")
-    s.add_argument("--skip-bad-records", action="store_true",
-                   help="write bad records to {PREFIX}.rejects.jsonl and go on")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_args(s)
     # Pai's build_idxmap_sft_dataset.py options kept for drop-in use
     s.add_argument("--partitions", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("--keep-sequential-samples", action="store_true", help=argparse.SUPPRESS)
@@ -292,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no output was finalized", file=sys.stderr)
+        resumable = " (rerun the same command to resume from the finished shards)" \
+            if args.command in ("pretrain", "sft") else ""
+        print(f"interrupted; no output was finalized{resumable}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `dataprep ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

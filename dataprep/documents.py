@@ -20,8 +20,8 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from dataprep.sources import (Chunk, ChunkReader, LineNumbers, read_chunk_data, read_chunk_lines,
-                              split_lines)
+from dataprep.sources import (Chunk, ChunkReader, LineNumbers, parquet_file, read_chunk_data,
+                              read_chunk_lines, split_lines)
 from dataprep.tokenizers import Engine
 
 MAX_REJECT_CHARS = 1 << 20  # the rejects file keeps at most this much of a bad record
@@ -239,9 +239,7 @@ class DocumentEncoder:
         return columns
 
     def _parquet_values(self, chunk: Chunk, result: ChunkResult) -> list[list[Any]]:
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(chunk.path).read_row_group(chunk.start, columns=list(self.options.json_keys))
+        table = parquet_file(chunk.path).read_row_group(chunk.start, columns=list(self.options.json_keys))
         raw = [table.column(k).to_pylist() for k in self.options.json_keys]
         n = table.num_rows
         result.n_lines = result.records = n

@@ -52,6 +52,8 @@ class Progress:
         self.start = time.perf_counter()
         self.documents = 0
         self.tokens = 0
+        self.shards = ""
+        self._done = self._total = 0
         self._bar = None
         if enabled:
             from tqdm import tqdm
@@ -64,9 +66,24 @@ class Progress:
         self.tokens += tokens
         if self._bar is not None:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
-            self._bar.set_postfix_str(f"{self.documents / elapsed:,.0f} docs/s, "
+            self._bar.set_postfix_str(f"{self.shards}{self.documents / elapsed:,.0f} docs/s, "
                                       f"{self.tokens / elapsed / 1e6:,.2f} M tok/s", refresh=False)
             self._bar.update(source_bytes)
+
+    def resume(self, done_bytes: int, done_shards: int, total_shards: int) -> None:
+        """Count shards finished by an earlier run as done (the bar shows shards done/total)."""
+        self._done, self._total = done_shards, total_shards
+        self.shards = f"shards {done_shards}/{total_shards}, "
+        if self._bar is not None:
+            if done_shards:
+                self._bar.write(f"resuming: {done_shards} of {total_shards} shards already done")
+            self._bar.n = self._bar.initial = done_bytes  # tqdm's rate counts from `initial`
+            self._bar.set_postfix_str(self.shards.rstrip(", "))
+
+    def shard_done(self) -> None:
+        self._done += 1
+        self.shards = f"shards {self._done}/{self._total}, "
+        self.update(0, 0, 0)
 
     def close(self) -> None:
         if self._bar is not None:

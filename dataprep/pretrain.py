@@ -1,29 +1,37 @@
 """The pretrain pipeline: input files → token documents → Megatron idxmaps, in parallel, in order.
 
-    source files ─ ChunkReader ─▶ chunks ─ workers: DocumentEncoder ─▶ token documents
-        ─ OrderedExecutor (in chunk order) ─▶ IdxmapWriter per json key ─▶ {PREFIX}_{key}_document.bin/.idx
+    source files ─ shards ─ ChunkReader ─▶ chunks ─ workers (or Ray tasks): DocumentEncoder ─▶ token
+        documents ─ in chunk order ─▶ per shard: IdxmapWriter per json key + marker ({PREFIX}.work/)
+        ─ merge in shard order ─▶ {PREFIX}_{key}_document.bin/.idx
 
 Every record read is written, rejected (with file:line and reason) or counted as empty. Outputs
-go to temporary names and are renamed only when the whole input is done. The output bytes
+go to temporary names and are renamed only when the whole input is done; a crashed run resumes
+from its finished shards (`shards.py`). The output bytes
 depend only on the inputs, the tokenizer and the options, never on the worker count.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
-from dataprep import __version__
+import numpy as np
+
+from dataprep import __version__, storage
 from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, Progress, human_size
+from dataprep.executor import BackgroundCalls, human_size
 from dataprep.rejects import Rejects, report_rejects
-from dataprep.sources import ChunkReader, LineNumbers, expand_inputs
+from dataprep.shards import Shard, WorkDir, fault, produce_shards
+from dataprep.sources import expand_inputs
+from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer
 from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
-from dataset_engine.idxmap import IdxmapWriter, optimal_dtype, write_sidecar
+from dataset_engine.idxmap import IdxmapReader, IdxmapWriter, optimal_dtype
 
 SIDECAR_FORMAT = "dataprep-pretrain-sidecar/1"
 
@@ -131,7 +139,7 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
 
     trusted = start_trusted_workers(
         config, probe_sample=lambda tok: sample_texts(files, config.json_keys, config.probe_records),
-        check=needs_eod)
+        check=needs_eod, workers=config.local_workers)
     try:
         for note in trusted.notes:
             log(f"note: tokenizer engine {note}")
@@ -140,85 +148,151 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
         trusted.executor.close()
 
 
+class PretrainShard:
+    """One shard's idxmaps (one per json key) and rejects, in the work directory."""
+
+    def __init__(self, prefix: str, config: PretrainConfig, dtype: np.dtype) -> None:
+        self.prefix, self.config = prefix, config
+        self.writers = {k: IdxmapWriter(output_prefix_for(prefix, k), dtype) for k in config.json_keys}
+        self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
+        self.counts = {"read": 0, "written": 0, "rejected": 0, "empty": 0,
+                       "keys": {k: asdict(KeyCounts()) for k in config.json_keys}}
+        self.background = BackgroundCalls()
+
+    def add(self, chunk, result, where) -> tuple[int, int]:
+        report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
+        tokens = 0
+        for key, docs in result.keys.items():
+            self.background.submit(self.writers[key].add_documents, docs.tokens, docs.sequence_lengths,
+                                   docs.sequences_per_document)
+            counts = self.counts["keys"][key]
+            counts["documents"] += len(docs.sequences_per_document)
+            counts["sequences"] += len(docs.sequence_lengths)
+            counts["tokens"] += len(docs.tokens)
+            counts["empty"] += docs.empty
+            tokens += len(docs.tokens)
+        self.counts["read"] += result.records
+        self.counts["written"] += result.written
+        self.counts["rejected"] += len(result.rejected)
+        self.counts["empty"] += result.empty
+        return result.written, tokens
+
+    def finalize(self) -> tuple[dict, list[str]]:
+        self.background.drain()
+        self.background.close()
+        files = []
+        for writer in self.writers.values():
+            writer.finalize()
+            files += [os.path.basename(writer.prefix) + ".bin", os.path.basename(writer.prefix) + ".idx"]
+        if self.rejects is not None:
+            self.rejects.finalize()
+            files.append(os.path.basename(self.rejects.path))
+        return self.counts, files
+
+    def abort(self) -> None:
+        self.background.close()
+        for writer in self.writers.values():
+            writer.abort()
+        if self.rejects is not None:
+            self.rejects.abort()
+
+
 def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
          started: float) -> PretrainSummary:
-    tok, engine, notes, executor = trusted.tokenizer, trusted.engine, trusted.notes, trusted.executor
+    tok, executor = trusted.tokenizer, trusted.executor
     startup = time.perf_counter() - started
     dtype = optimal_dtype(tok.vocab_size)
     options = EncodeOptions(json_keys=config.json_keys, append_eod=config.append_eod, eod=tok.eod,
                             dtype=dtype.name, stop_at_first_reject=not config.skip_bad_records)
-    parent = os.path.dirname(os.path.abspath(config.output_prefix))
-    os.makedirs(parent, exist_ok=True)
+    if not storage.is_url(config.output_prefix):
+        os.makedirs(os.path.dirname(os.path.abspath(config.output_prefix)), exist_ok=True)
     prefixes = {k: output_prefix_for(config.output_prefix, k) for k in config.json_keys}
-    summary = PretrainSummary(engine=engine, workers=config.workers, startup_seconds=startup,
-                              notes=notes, outputs=list(prefixes.values()),
-                              keys={k: KeyCounts() for k in config.json_keys})
-    writers = {k: IdxmapWriter(p, dtype) for k, p in prefixes.items()}
-    rejects = Rejects(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
-    reader = ChunkReader(files, list(config.json_keys), config.chunk_bytes)
-    progress = Progress(reader.total_bytes(), config.progress, desc="pretrain")
-    lines = LineNumbers()
-    background = BackgroundCalls()
+    summary = PretrainSummary(engine=trusted.engine, workers=config.workers, startup_seconds=startup,
+                              notes=trusted.notes, outputs=list(prefixes.values()))
+    what = {"command": "pretrain", "tokenizer": tokenizer_identity(tok),
+            "options": {"json_keys": list(config.json_keys), "append_eod": config.append_eod,
+                        "eod": tok.eod, "dtype": dtype.name, "skip_bad_records": config.skip_bad_records}}
+    work, shards, markers = produce_shards(
+        config, files, trusted, partial(encode_chunk, options), list(config.json_keys),
+        lambda prefix: PretrainShard(prefix, config, dtype), what, desc="pretrain")
     try:
-        for chunk, result in executor.map(partial(encode_chunk, options), reader):
-            where = lines.resolver(chunk, result.n_lines)
-            report_rejects(rejects, chunk.path, where, result.rejected, config.output_prefix)
-            for key, docs in result.keys.items():
-                background.submit(writers[key].add_documents, docs.tokens, docs.sequence_lengths,
-                                  docs.sequences_per_document)
-                counts = summary.keys[key]
-                counts.documents += len(docs.sequences_per_document)
-                counts.sequences += len(docs.sequence_lengths)
-                counts.tokens += len(docs.tokens)
-                counts.empty += docs.empty
-            summary.read += result.records
-            summary.written += result.written
-            summary.rejected += len(result.rejected)
-            summary.empty += result.empty
-            progress.update(chunk.source_bytes, result.written,
-                            sum(len(d.tokens) for d in result.keys.values()))
-        background.drain()
-        empty_keys = [k for k, c in summary.keys.items() if c.tokens == 0]
+        for marker in markers:
+            counts = marker["counts"]
+            summary.read += counts["read"]
+            summary.written += counts["written"]
+            summary.rejected += counts["rejected"]
+            summary.empty += counts["empty"]
+            for key, c in counts["keys"].items():
+                total = summary.keys.setdefault(key, KeyCounts())
+                for name, value in c.items():
+                    setattr(total, name, getattr(total, name) + value)
+        empty_keys = [k for k in config.json_keys if summary.keys.get(k, KeyCounts()).tokens == 0]
         if empty_keys:
             # megatron-core cannot even open an idxmap without tokens; say so instead of writing one
             raise DataprepError(
                 f"no tokens for key(s) {', '.join(map(repr, empty_keys))}: read {summary.read:,} records "
                 f"(rejected {summary.rejected:,}, empty {summary.empty:,}); nothing was written")
+        _merge(config, work, shards, prefixes, dtype)
+        if config.skip_bad_records:
+            summary.rejects_path = f"{config.output_prefix}.rejects.jsonl"
+        summary.bytes_in = sum(storage.size(p) for p in files)
+        for key, prefix in prefixes.items():
+            storage.write_json(prefix + ".json", _sidecar(key, config, tok, files, summary, dtype.name))
+            summary.bytes_out += storage.size(prefix + ".bin") + storage.size(prefix + ".idx")
+    except BaseException:
+        work.abandon()
+        raise
+    work.close(remove=not config.keep_work)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _merge(config: PretrainConfig, work: WorkDir, shards: list[Shard], prefixes: dict[str, str],
+           dtype: np.dtype) -> None:
+    """The final idxmaps (and rejects): the shards' outputs concatenated in shard order."""
+    writers = {k: IdxmapWriter(p, dtype, FILES) for k, p in prefixes.items()}
+    rejects = storage.Output(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
+    try:
+        for shard in shards:
+            with work.fetched(shard) as prefix:
+                for key, writer in writers.items():
+                    with IdxmapReader(output_prefix_for(prefix, key)) as reader:
+                        writer.add_index(reader)
+                if rejects is not None:
+                    with open(f"{prefix}.rejects.jsonl", "rb") as f:
+                        shutil.copyfileobj(f, rejects)
+            fault("merge")
         for writer in writers.values():
             writer.finalize()
         if rejects is not None:
-            rejects.finalize()
-            summary.rejects_path = rejects.path
+            rejects.commit()
     except BaseException:
-        background.close()
         for writer in writers.values():
             writer.abort()
         if rejects is not None:
             rejects.abort()
         raise
-    finally:
-        background.close()
-        progress.close()
-    summary.bytes_in = sum(os.path.getsize(p) for p in files)
-    for key, prefix in prefixes.items():
-        _write_sidecar(prefix, key, config, tok, files, summary, dtype.name)
-        summary.bytes_out += os.path.getsize(prefix + ".bin") + os.path.getsize(prefix + ".idx")
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
-def _write_sidecar(prefix: str, key: str, config: PretrainConfig, tok: LoadedTokenizer,
-                   files: list[str], summary: PretrainSummary, dtype: str) -> None:
+def tokenizer_identity(tok: LoadedTokenizer) -> dict:
+    """What the manifest records of the tokenizer: a changed tokenizer must not resume a run."""
+    digest = hashlib.blake2b((tok.tokenizer_json or "").encode("utf-8"), digest_size=16).hexdigest()
+    return {"name": tok.name, "path": tok.path, "vocab_size": tok.vocab_size, "eod": tok.eod,
+            "tokenizer_json": digest}
+
+
+def _sidecar(key: str, config: PretrainConfig, tok: LoadedTokenizer, files: list[str],
+             summary: PretrainSummary, dtype: str) -> dict:
     """{prefix}.json beside the idxmap; deterministic (no times, no worker count)."""
     counts = summary.keys[key]
-    sidecar = {
+    return {
         "format": SIDECAR_FORMAT,
         "tool": {"name": "dataprep", "version": __version__, "command": "pretrain"},
         "tokenizer": {"name": tok.name, "path": tok.path, "vocab_size": tok.vocab_size,
                       "eod": tok.eod, "engine": summary.engine},
         "json_key": key,
         "dtype": dtype,
-        "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in files],
+        "inputs": [{"path": storage.absolute(p), "bytes": storage.size(p)} for p in files],
         "options": {"append_eod": config.append_eod, "skip_bad_records": config.skip_bad_records,
                     "json_keys": list(config.json_keys)},
         "counts": {"records_read": summary.read, "records_written": summary.written,
@@ -226,4 +300,3 @@ def _write_sidecar(prefix: str, key: str, config: PretrainConfig, tok: LoadedTok
                    "documents": counts.documents, "sequences": counts.sequences,
                    "tokens": counts.tokens, "empty_documents": counts.empty},
     }
-    write_sidecar(prefix, sidecar)

@@ -21,7 +21,7 @@ import numpy as np
 from dataprep.chat_template import TemplateError, encode_segments, get_renderer
 from dataprep.conversations import RecordError, to_conversation
 from dataprep.documents import Rejected, clip_record, load_line, one_object_per_line, worker_engine
-from dataprep.sources import Chunk, read_chunk_data, split_lines
+from dataprep.sources import Chunk, parquet_file, read_chunk_data, split_lines
 from dataprep.tokenizers import Engine, auto_tokenizer
 from dataset_engine.sft_format import FIT_DROPPED_LONG, FIT_DROPPED_PROMPT, FIT_TRUNCATED, fit_record
 
@@ -120,9 +120,7 @@ class SFTEncoder:
     def _records(self, chunk: Chunk, result: SFTChunkResult) -> tuple[list[int], list[Any]]:
         """(local line index, JSON value) of each record of the chunk; bad JSON is rejected here."""
         if chunk.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.ParquetFile(chunk.path).read_row_group(chunk.start).to_pylist()
+            rows = parquet_file(chunk.path).read_row_group(chunk.start).to_pylist()
             result.n_lines = result.records = len(rows)
             return list(range(len(rows))), rows
         data = read_chunk_data(chunk)

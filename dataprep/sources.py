@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from dataprep import storage
 from dataprep.errors import DataprepError
 
 BOM = b"\xef\xbb\xbf"
@@ -63,12 +64,18 @@ class Chunk:
     """lines from a JSON array: the source line where each record starts."""
     source_bytes: int = 0
     """Bytes of the input file this chunk accounts for (progress)."""
+    shard: int = 0
+    """The shard (``shards.py``) this chunk belongs to."""
 
 
 def expand_inputs(specs: list[str]) -> list[str]:
     """Turn paths, directories and glob patterns into an ordered list of files."""
     files: list[str] = []
     for spec in specs:
+        if storage.is_url(spec):
+            files.extend(storage.expand_url(spec, SCANNED_SUFFIXES))
+            continue
+        spec = storage.local(spec)
         if glob.has_magic(spec):
             matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
             if not matches:
@@ -108,34 +115,75 @@ def _is_json_array(stream: io.BufferedReader) -> bool:
     return head.removeprefix(BOM).lstrip()[:1] == b"["
 
 
-class ChunkReader:
-    """Iterates the chunks of a list of files, in order."""
+def splittable(path: str) -> bool:
+    """Whether the file can be read in byte ranges cut at line ends: uncompressed jsonl (not
+    parquet, not compressed, not a JSON array)."""
+    if path.endswith((".parquet", *COMPRESSED)):
+        return False
+    with storage.open_read(path) as raw:
+        head = raw.read(4096)
+    return head.removeprefix(BOM).lstrip()[:1] != b"["
 
-    def __init__(self, files: list[str], json_keys: list[str], chunk_bytes: int = 4 << 20) -> None:
+
+def next_line_start(f: BinaryIO, position: int, size: int) -> int:
+    """The first line start at or after `position` (a line end found by reading on from there)."""
+    if position >= size:
+        return size
+    f.seek(position - 1)
+    return min(position - 1 + len(f.readline()), size) if position > 0 else 0
+
+
+def parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(storage.open_read(path) if storage.is_url(path) else storage.local(path))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of the input ChunkReader reads: a whole file (end None) or a byte range of a
+    splittable one; `shard` tags its chunks."""
+
+    path: str
+    file_index: int
+    start: int = 0
+    end: int | None = None
+    shard: int = 0
+
+
+class ChunkReader:
+    """Iterates the chunks of a list of files (or of pieces of them), in order."""
+
+    def __init__(self, files: list[str], json_keys: list[str], chunk_bytes: int = 4 << 20,
+                 pieces: list[Piece] | None = None) -> None:
         if chunk_bytes < 1024:
             raise ValueError(f"chunk_bytes must be at least 1024, got {chunk_bytes}")
-        self.files = files
+        self.pieces = pieces if pieces is not None else [Piece(p, i) for i, p in enumerate(files)]
         self.json_keys = json_keys
         self.chunk_bytes = chunk_bytes
         self._index = 0
         self._file_index = 0
+        self._shard = 0
 
     def total_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in self.files)
+        return sum(storage.size(p.path) if p.end is None else p.end - p.start for p in self.pieces)
 
     def __iter__(self) -> Iterator[Chunk]:
-        for file_index, path in enumerate(self.files):
-            self._file_index = file_index
+        for piece in self.pieces:
+            path, self._file_index, self._shard = piece.path, piece.file_index, piece.shard
+            if piece.end is not None:
+                yield from self._ranges(path, piece.start, piece.end)
+                continue
             if path.endswith(".parquet"):
                 yield from self._parquet(path)
                 continue
-            with open(path, "rb") as raw:
+            with storage.open_read(path) as raw:
                 stream = io.BufferedReader(_open_decompressed(path, raw), 1 << 20)
                 try:
                     if _is_json_array(stream):
                         yield from self._array(path, stream, raw)
                     elif stream.raw is raw:
-                        yield from self._ranges(path)
+                        yield from self._ranges(path, 0, storage.size(path))
                     else:
                         yield from self._compressed_lines(path, stream, raw)
                 except (OSError, EOFError) as exc:  # corrupt gzip/zstd streams end up here
@@ -145,17 +193,18 @@ class ChunkReader:
 
     def _chunk(self, path: str, **fields) -> Chunk:
         self._index += 1
-        return Chunk(index=self._index - 1, path=path, file_index=self._file_index, **fields)
+        return Chunk(index=self._index - 1, path=path, file_index=self._file_index, shard=self._shard,
+                     **fields)
 
-    def _ranges(self, path: str) -> Iterator[Chunk]:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            start = 0
-            while start < size:
-                end = min(start + self.chunk_bytes, size)
-                if end < size:
+    def _ranges(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
+        """Chunks of about chunk_bytes covering [start, stop), cut at line ends (`start` and
+        `stop` are line starts)."""
+        with storage.open_read(path) as f:
+            while start < stop:
+                end = min(start + self.chunk_bytes, stop)
+                if end < stop:
                     f.seek(end)
-                    end += len(f.readline())
+                    end = min(end + len(f.readline()), stop)
                 yield self._chunk(path, kind="range", start=start, end=end, source_bytes=end - start)
                 start = end
 
@@ -267,10 +316,8 @@ class ChunkReader:
                               line_numbers=tuple(numbers), source_bytes=raw.tell() - consumed)
 
     def _parquet(self, path: str) -> Iterator[Chunk]:
-        import pyarrow.parquet as pq
-
         try:
-            parquet = pq.ParquetFile(path)
+            parquet = parquet_file(path)
         except Exception as exc:  # pyarrow raises several types for a broken file
             raise DataprepError(f"{path}: cannot read parquet: {exc}") from exc
         meta = parquet.metadata
@@ -278,7 +325,7 @@ class ChunkReader:
         for key in self.json_keys:
             if key not in names:
                 raise DataprepError(f"{path}: no column {key!r} (columns: {', '.join(names)})")
-        row, size, total = 1, os.path.getsize(path), max(meta.num_rows, 1)
+        row, size, total = 1, storage.size(path), max(meta.num_rows, 1)
         for group in range(meta.num_row_groups):
             rows = meta.row_group(group).num_rows
             yield self._chunk(path, kind="parquet", start=group, first_line=row,
@@ -292,6 +339,10 @@ class LineNumbers:
 
     def __init__(self) -> None:
         self._next: dict[int, int] = {}
+
+    def start_at(self, file_index: int, line: int) -> None:
+        """The next range chunk of this file starts at `line` (a shard that starts mid-file)."""
+        self._next[file_index] = line
 
     def resolver(self, chunk: Chunk, n_lines: int):
         """line(local index) for this chunk, which holds `n_lines` lines; call once per chunk, in order."""
@@ -307,7 +358,7 @@ def read_chunk_data(chunk: Chunk) -> bytes:
     """The bytes of a range or lines chunk: records separated by newlines."""
     if chunk.kind != "range":
         return chunk.data or b""
-    with open(chunk.path, "rb") as f:
+    with storage.open_read(chunk.path) as f:
         f.seek(chunk.start)
         data = f.read(chunk.end - chunk.start)
     return data.removeprefix(BOM) if chunk.start == 0 else data

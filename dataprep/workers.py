@@ -19,6 +19,9 @@ from typing import Callable
 from dataprep.documents import encode_probe, init_worker
 from dataprep.errors import DataprepError
 from dataprep.executor import OrderedExecutor, available_cores, single_thread_engines
+
+ENGINES = ("local", "ray")
+DEFAULT_SHARD_BYTES = 256 << 20
 from dataprep.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
                                  probe_mismatch, probe_texts, tokenizer_dir)
 
@@ -53,11 +56,32 @@ class RunConfig(WorkerConfig):
     """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
     progress: bool = True
     """Show a progress bar."""
+    engine: str = "local"
+    """local (worker processes on this machine) or ray (Ray tasks, on a Ray cluster)."""
+    ray_address: str | None = None
+    """A Ray cluster to join (ray://…, host:port or auto); None starts a local Ray instance."""
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    """Input bytes per shard: the unit of resuming and of Ray tasks."""
+    keep_work: bool = False
+    """Keep {output_prefix}.work after success."""
+    restart: bool = False
+    """Discard an unfinished run's work directory instead of resuming it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.inputs:
             raise DataprepError("no --input given")
+        if self.engine not in ENGINES:
+            raise DataprepError(f"unknown --engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        if self.ray_address and self.engine != "ray":
+            raise DataprepError("--ray-address needs --engine ray")
+        if self.shard_bytes < 1024:
+            raise DataprepError(f"--shard-bytes must be at least 1024, got {self.shard_bytes}")
+
+    @property
+    def local_workers(self) -> int:
+        """Worker processes on this machine: with Ray they only run the engine probe."""
+        return self.workers if self.engine == "local" else 1
 
 
 @dataclass
@@ -71,13 +95,16 @@ class TrustedWorkers:
 
 def start_trusted_workers(config: WorkerConfig,
                           probe_sample: Callable[[LoadedTokenizer], list[str]],
-                          check: Callable[[LoadedTokenizer], None] = lambda tok: None) -> TrustedWorkers:
-    """Workers with a trusted engine; `probe_sample(tok)` gives the input's own probe texts and
-    `check(tok)` may refuse the tokenizer (raising DataprepError) before any probing."""
+                          check: Callable[[LoadedTokenizer], None] = lambda tok: None,
+                          workers: int | None = None) -> TrustedWorkers:
+    """`workers` (default config.workers) processes with a trusted engine; `probe_sample(tok)`
+    gives the input's own probe texts and `check(tok)` may refuse the tokenizer (raising
+    DataprepError) before any probing."""
     single_thread_engines()
+    workers = workers or config.workers
     path = tokenizer_dir(config.tokenizer, config.tokenizer_path)
     early_spec = file_engine_spec(path, engine_order(config.backend)[0][0])
-    early = OrderedExecutor(config.workers, init_worker, (early_spec,)).start() if early_spec else None
+    early = OrderedExecutor(workers, init_worker, (early_spec,)).start() if early_spec else None
     try:
         tok = load_tokenizer(config.tokenizer, path, config.trust_remote_code)
         check(tok)
@@ -90,7 +117,7 @@ def start_trusted_workers(config: WorkerConfig,
         reference = None
         for name in order:
             executor = early if early is not None and name == order[0] else \
-                OrderedExecutor(config.workers, init_worker, (tok.engine_spec(name),)).start()
+                OrderedExecutor(workers, init_worker, (tok.engine_spec(name),)).start()
             early = None
             if name == "transformers":  # the reference itself
                 return TrustedWorkers(executor, tok, name, notes)

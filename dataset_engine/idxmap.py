@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["IdxmapError", "DTYPE_CODES", "optimal_dtype", "idx_path", "bin_path",
-           "IdxmapWriter", "IdxmapReader", "read_sidecar", "write_sidecar"]
+__all__ = ["IdxmapError", "DTYPE_CODES", "optimal_dtype", "idx_path", "bin_path", "AtomicFile",
+           "LOCAL_FILES", "IdxmapWriter", "IdxmapReader", "read_sidecar", "write_sidecar"]
 
 _MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
@@ -124,13 +124,55 @@ class _Growable:
         return self.data[: self.size]
 
 
-class IdxmapWriter:
-    """Streams documents into ``{prefix}.bin.tmp``; ``finalize()`` publishes the pair."""
+class AtomicFile:
+    """A local file written as ``{path}.tmp``; ``commit()`` fsyncs and renames it into place,
+    ``abort()`` removes it."""
 
-    def __init__(self, prefix: str, dtype) -> None:
+    def __init__(self, path: str, mode: str = "wb", buffering: int = _BIN_BUFFER) -> None:
+        self.path, self._tmp = path, path + ".tmp"
+        self._file = open(self._tmp, mode, buffering=buffering,
+                          **({} if "b" in mode else {"encoding": "utf-8"}))
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def abort(self) -> None:
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._tmp)
+
+
+class _LocalFiles:
+    """Where IdxmapWriter puts its files; dataprep passes one that also takes URLs."""
+
+    output = AtomicFile
+
+    @staticmethod
+    def remove(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+LOCAL_FILES = _LocalFiles()
+
+
+class IdxmapWriter:
+    """Streams documents into ``{prefix}.bin.tmp``; ``finalize()`` publishes the pair.
+
+    `files` opens the outputs (``files.output(path)`` → write/commit/abort) and removes a stale
+    ``.idx`` (``files.remove(path)``); the default writes local files."""
+
+    def __init__(self, prefix: str, dtype, files=LOCAL_FILES) -> None:
         self.prefix = prefix
         self.dtype, self._code = _dtype_code(dtype, prefix)
-        self._bin_tmp, self._idx_tmp = bin_path(prefix) + ".tmp", idx_path(prefix) + ".tmp"
+        self._files = files
         self._lengths = _Growable(np.int32)
         self._doc_idx = _Growable(np.int64)
         self._doc_idx.append(0)
@@ -139,7 +181,8 @@ class IdxmapWriter:
         self._range = (int(info.min), int(info.max)) if info else None
         self._num_tokens = 0
         self._state = "open"
-        self._bin = open(self._bin_tmp, "wb", buffering=_BIN_BUFFER)
+        self._bin = files.output(bin_path(prefix))
+        self._idx = None
 
     @property
     def num_documents(self) -> int:
@@ -234,20 +277,13 @@ class IdxmapWriter:
         self._num_tokens += reader.num_tokens
 
     def finalize(self) -> None:
-        """Flush and fsync both files under .tmp names, then rename .bin, then .idx."""
+        """Publish .bin, then .idx (each fsynced under a .tmp name and renamed, when local)."""
         self._check_open()
         try:
-            self._bin.flush()
-            os.fsync(self._bin.fileno())
-            self._bin.close()
-            self._write_idx()
-            final_idx = idx_path(self.prefix)
             # A stale .idx from an earlier run must not pair with the new .bin between renames.
-            if os.path.lexists(final_idx):
-                os.remove(final_idx)
-            os.replace(self._bin_tmp, bin_path(self.prefix))
-            os.replace(self._idx_tmp, final_idx)
-            _fsync_dir(os.path.dirname(os.path.abspath(final_idx)))
+            self._files.remove(idx_path(self.prefix))
+            self._bin.commit()
+            self._write_idx()
         except BaseException:
             self.abort()
             raise
@@ -255,30 +291,28 @@ class IdxmapWriter:
 
     def _write_idx(self) -> None:
         lengths, docs = self._lengths.view(), self._doc_idx.view()
-        with open(self._idx_tmp, "wb", buffering=_BIN_BUFFER) as f:
-            # 34-byte header: magic, version, dtype code, sequence_count, document_count.
-            f.write(_HEADER.pack(_MAGIC, _VERSION, self._code, lengths.size, docs.size))
-            f.write(memoryview(lengths).cast("B"))  # int32 sequence_lengths[S]
-            # int64 sequence_pointers[S]: exclusive running sum of bytes, chunk by chunk.
-            offset = 0
-            for start in range(0, lengths.size, _CHUNK):
-                nbytes = lengths[start:start + _CHUNK].astype(np.int64) * self.dtype.itemsize
-                ends = np.cumsum(nbytes) + offset
-                f.write(memoryview(ends - nbytes).cast("B"))
-                offset = int(ends[-1])
-            f.write(memoryview(docs).cast("B"))  # int64 document_indices[D]
-            f.flush()
-            os.fsync(f.fileno())
+        f = self._idx = self._files.output(idx_path(self.prefix))
+        # 34-byte header: magic, version, dtype code, sequence_count, document_count.
+        f.write(_HEADER.pack(_MAGIC, _VERSION, self._code, lengths.size, docs.size))
+        f.write(memoryview(lengths).cast("B"))  # int32 sequence_lengths[S]
+        # int64 sequence_pointers[S]: exclusive running sum of bytes, chunk by chunk.
+        offset = 0
+        for start in range(0, lengths.size, _CHUNK):
+            nbytes = lengths[start:start + _CHUNK].astype(np.int64) * self.dtype.itemsize
+            ends = np.cumsum(nbytes) + offset
+            f.write(memoryview(ends - nbytes).cast("B"))
+            offset = int(ends[-1])
+        f.write(memoryview(docs).cast("B"))  # int64 document_indices[D]
+        f.commit()
 
     def abort(self) -> None:
         """Discard everything written so far (no-op after finalize)."""
         if self._state == "finalized":
             return
         self._state = "aborted"
-        self._bin.close()
-        for path in (self._bin_tmp, self._idx_tmp):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        for f in (self._bin, self._idx):
+            if f is not None:
+                f.abort()
 
     def __enter__(self) -> IdxmapWriter:
         return self

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset_engine.idxmap import IdxmapError, IdxmapReader, IdxmapWriter, read_sidecar
+from dataset_engine.idxmap import LOCAL_FILES, IdxmapError, IdxmapReader, IdxmapWriter, read_sidecar
 
 IGNORE_INDEX = -100
 NATIVE_LAYOUT = "dataprep-sft-native/1"
@@ -71,10 +71,10 @@ def shifted_labels(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class NativeSFTWriter:
     """The two idxmaps of the native layout, written record by record under temporary names."""
 
-    def __init__(self, prefix: str, dtype) -> None:
+    def __init__(self, prefix: str, dtype, files=LOCAL_FILES) -> None:
         self.prefix = prefix
-        self.tokens = IdxmapWriter(tokens_prefix(prefix), dtype)
-        self.mask = IdxmapWriter(mask_prefix(prefix), np.uint8)
+        self.tokens = IdxmapWriter(tokens_prefix(prefix), dtype, files)
+        self.mask = IdxmapWriter(mask_prefix(prefix), np.uint8, files)
 
     def add_records(self, ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray) -> None:
         """Records concatenated: ``ids`` and ``mask`` split by ``lengths`` (one document each)."""
@@ -141,9 +141,9 @@ def pai_row(records: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: 
     return np.concatenate([tokens, labels]).astype(np.int32)
 
 
-def write_pai(prefix: str, rows) -> int:
+def write_pai(prefix: str, rows, files=LOCAL_FILES) -> int:
     """Write an iterable of Pai rows as ``{prefix}_text_document``; returns the row count."""
-    writer = IdxmapWriter(tokens_prefix(prefix), np.int32)
+    writer = IdxmapWriter(tokens_prefix(prefix), np.int32, files)
     n = 0
     try:
         for row in rows:

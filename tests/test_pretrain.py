@@ -729,7 +729,7 @@ def _start_and_wait_for_writing(big_input, out):
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    tmp_bin = out / "ds_text_document.bin.tmp"
+    tmp_bin = out / "ds.work" / "shard-000000_text_document.bin.tmp"  # the first shard's output
     deadline = time.monotonic() + 120
     while not tmp_bin.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -763,7 +763,7 @@ def test_killed_run_leaves_no_final_outputs(tmp_path, big_input):
         left = files_in(out)
         finished = [n for n in left if n.endswith((".bin", ".idx", ".json", ".rejects.jsonl"))]
         assert finished == [], left
-        assert "ds_text_document.bin.tmp" in left
+        assert left == ["ds.work"], left  # the unfinished shard's .tmp files, for a resume
     finally:
         _reap(proc)
 
@@ -776,7 +776,9 @@ def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, big_input):
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
-        assert stderr.strip().splitlines() == ["interrupted; no output was finalized"], stderr
+        assert stderr.strip().splitlines() == [
+            "interrupted; no output was finalized (rerun the same command to resume from the finished "
+            "shards)"], stderr
         assert files_in(out) == []
     finally:
         _reap(proc)

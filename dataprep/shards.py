@@ -1,0 +1,331 @@
+"""Shards: the resumable units of a run, and the work directory that remembers them.
+
+A run's input is cut into shards that depend only on the input files and ``--shard-bytes``:
+a byte range of an uncompressed jsonl file (cut at line ends), or a whole file when it cannot be
+cut (compressed, a JSON array, parquet). Each shard is tokenized into its own small outputs in
+``{OUTPUT_PREFIX}.work/`` and then marked done:
+
+    {OUTPUT_PREFIX}.work/
+        manifest.json               what the run is: command, options, tokenizer, inputs, shards
+        shard-000000_*.bin/.idx     shard 0's outputs (idxmaps, named like the final ones)
+        shard-000000.rejects.jsonl  its bad records (--skip-bad-records)
+        shard-000000.done.json      its marker: written last, after its outputs are complete
+        .lock                       held while a run uses the directory (local directories)
+
+The final outputs are the shards' outputs concatenated in shard order (`merge`), so they are
+byte-identical to an uninterrupted run however often the run was interrupted, and whichever
+engine produced the shards. A rerun of the same command skips the marked shards; a rerun with
+other options or changed inputs is refused (``--restart`` discards the directory). The
+directory is removed once the final outputs are complete, unless ``--keep-work``.
+
+Shards are consumed in order, so a shard's first line number is known from the line counts of
+the shards before it, and errors name absolute FILE:LINE positions even across resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from dataprep import storage
+from dataprep.errors import DataprepError
+from dataprep.executor import Progress
+from dataprep.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
+from dataprep.workers import DEFAULT_SHARD_BYTES
+
+WORK_FORMAT = "dataprep-work/1"
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    path: str
+    file_index: int
+    start: int
+    end: int | None
+    """None: the whole file."""
+    bytes: int
+    """Input bytes it covers (progress)."""
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:06d}"
+
+    def piece(self) -> Piece:
+        return Piece(self.path, self.file_index, self.start, self.end, self.index)
+
+
+def plan_shards(files: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[Shard]:
+    """Shards of the inputs, in input order; the cuts depend only on the bytes and `shard_bytes`."""
+    if shard_bytes < 1024:
+        raise DataprepError(f"--shard-bytes must be at least 1024, got {shard_bytes}")
+    shards: list[Shard] = []
+    for file_index, path in enumerate(files):
+        size = storage.size(path)
+        if not splittable(path):
+            shards.append(Shard(len(shards), path, file_index, 0, None, size))
+            continue
+        cuts = [0]
+        with storage.open_read(path) as f:
+            for position in range(shard_bytes, size, shard_bytes):
+                cut = next_line_start(f, max(position, cuts[-1]), size)
+                if cut > cuts[-1]:
+                    cuts.append(cut)
+        cuts.append(size)
+        for start, end in zip(cuts, cuts[1:]):
+            if end > start:
+                shards.append(Shard(len(shards), path, file_index, start, end, end - start))
+    return shards
+
+
+class ShardOutput(Protocol):
+    """A shard's outputs while they are written (one per command)."""
+
+    def add(self, chunk: Chunk, result, where: Callable[[int], int]) -> tuple[int, int]:
+        """Write one chunk's results; `where(local)` is the absolute line of a chunk line.
+        Returns (records written, tokens) for the progress bar."""
+
+    def finalize(self) -> tuple[dict, list[str]]:
+        """Complete the outputs; returns (counts for the marker, names of the files written)."""
+
+    def abort(self) -> None: ...
+
+
+def _diff(old: dict, new: dict) -> str:
+    """What differs between two manifests, in one line."""
+    for key in ("command", "tokenizer", "options"):
+        if old.get(key) != new.get(key):
+            a, b = old.get(key) or {}, new.get(key) or {}
+            if isinstance(a, dict) and isinstance(b, dict):
+                changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                return f"other {key} ({', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)})"
+            return f"other {key} ({a!r} -> {b!r})"
+    old_inputs = {i["path"]: i for i in old.get("inputs", [])}
+    for item in new.get("inputs", []):
+        before = old_inputs.get(item["path"])
+        if before is None:
+            return f"other inputs ({item['path']} is new)"
+        if before != item:
+            return (f"changed input {item['path']} (bytes {before['bytes']:,} -> {item['bytes']:,}, "
+                    f"version {before['version']} -> {item['version']})")
+    if len(old.get("inputs", [])) != len(new.get("inputs", [])) or old.get("inputs") != new.get("inputs"):
+        return "other inputs (files removed or reordered)"
+    return "another shard plan (--shard-bytes)"
+
+
+class WorkDir:
+    """``{output_prefix}.work``: the manifest, the shards' outputs and their markers.
+
+    Shard outputs are written to local files: in the directory itself when it is local, else
+    in a local staging directory from which they are uploaded before the marker is written.
+    """
+
+    def __init__(self, output_prefix: str, manifest: dict, restart: bool = False) -> None:
+        self.root = output_prefix.rstrip("/") + ".work"
+        self.manifest = {"format": WORK_FORMAT, **manifest}
+        self.restart = restart
+        self.remote = storage.is_url(self.root)
+        self.markers: dict[int, dict] = {}
+        self._lock = None
+        self._staging: str | None = None
+
+    def open(self) -> WorkDir:
+        storage.makedirs(self.root)
+        if not self.remote:
+            self._take_lock()
+        found = storage.read_json(self.path("manifest.json"))
+        if found is not None and found != self.manifest:
+            if not self.restart:
+                raise DataprepError(
+                    f"{self.root} holds an unfinished run with {_diff(found, self.manifest)}; rerun the "
+                    f"same command to resume it, or pass --restart to discard it")
+        if found != self.manifest:
+            self._clear()
+            storage.write_json(self.path("manifest.json"), self.manifest)
+        else:
+            for name in storage.listdir(self.root):
+                if name.endswith(".done.json"):
+                    marker = storage.read_json(self.path(name))
+                    if marker is not None and marker.get("format") == WORK_FORMAT:
+                        self.markers[int(marker["shard"])] = marker
+        if self.remote:
+            self._staging = tempfile.mkdtemp(prefix="dataprep-staging-")
+        return self
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        self._lock = open(os.path.join(storage.local(self.root), ".lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise DataprepError(f"{self.root} is in use by another dataprep run") from None
+
+    def _clear(self) -> None:
+        for name in storage.listdir(self.root):
+            if name != ".lock":
+                path = self.path(name)
+                if self.remote or not os.path.isdir(storage.local(path)):
+                    storage.remove(path)
+                else:
+                    shutil.rmtree(storage.local(path), ignore_errors=True)
+
+    def path(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    def local_prefix(self, shard: Shard) -> str:
+        """Where a shard's outputs are written (a local path)."""
+        base = self._staging if self.remote else storage.local(self.root)
+        return os.path.join(base, shard.name)
+
+    def publish(self, shard: Shard, files: list[str], marker: dict) -> None:
+        """Upload the shard's files (remote directories), then write its marker."""
+        if self.remote:
+            for name in files:
+                local_file = os.path.join(self._staging, name)
+                storage.upload(local_file, self.path(name))
+                os.remove(local_file)
+        marker = {"format": WORK_FORMAT, "shard": shard.index, **marker}
+        storage.write_json(self.path(f"{shard.name}.done.json"), marker)
+        self.markers[shard.index] = marker
+
+    @contextlib.contextmanager
+    def fetched(self, shard: Shard) -> Iterator[str]:
+        """A local prefix of a finished shard's outputs (downloaded first when remote)."""
+        if not self.remote:
+            yield os.path.join(storage.local(self.root), shard.name)
+            return
+        names = self.markers[shard.index]["files"]
+        for name in names:
+            storage.download(self.path(name), os.path.join(self._staging, name))
+        try:
+            yield os.path.join(self._staging, shard.name)
+        finally:
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self._staging, name))
+
+    def abandon(self) -> None:
+        """After a failure: keep the directory only if it holds finished shards to resume from."""
+        self.close(remove=not self.markers)
+
+    def close(self, remove: bool) -> None:
+        """Release the directory; remove it when the run is complete (not --keep-work)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if remove:
+            storage.remove_tree(self.root)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def fault(point: str) -> None:
+    """Test hook: DATAPREP_FAULT=<point> kills this process with SIGKILL at that point
+    (``shard-done:N`` after shard N's marker, ``mid-shard:N`` inside shard N, ``merge`` during
+    the final merge), so tests can check resuming after a crash at an exact moment."""
+    if os.environ.get("DATAPREP_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str], ShardOutput],
+               results: Callable[[list[Shard]], Iterator[tuple[Chunk, object]]], progress: Progress) -> list[dict]:
+    """Produce every unmarked shard from `results(pending)` ((chunk, result) pairs in chunk order)
+    and mark it done; returns every shard's marker, in shard order."""
+    pending = [s for s in shards if s.index not in work.markers]
+    progress.resume(sum(s.bytes for s in shards if s.index in work.markers), len(shards) - len(pending),
+                    len(shards))
+    stream = _Peekable(results(pending)) if pending else _Peekable(iter(()))
+    next_line: dict[int, int] = {}  # per input file: its next absolute line
+    for shard in shards:
+        first = next_line.get(shard.file_index, 1) if shard.end is not None else 1
+        marker = work.markers.get(shard.index)
+        if marker is None:
+            marker = _produce(shard, first, work, open_output, stream, progress)
+        next_line[shard.file_index] = first + marker["lines"]
+    return [work.markers[s.index] for s in shards]
+
+
+def _produce(shard: Shard, first_line: int, work: WorkDir, open_output: Callable[[str], ShardOutput],
+             stream: "_Peekable", progress: Progress) -> dict:
+    output = open_output(work.local_prefix(shard))
+    numbers = LineNumbers()
+    numbers.start_at(shard.file_index, first_line)
+    lines = 0
+    try:
+        while (item := stream.peek()) is not None and item[0].shard == shard.index:
+            chunk, result = next(stream)
+            written, tokens = output.add(chunk, result, numbers.resolver(chunk, result.n_lines))
+            progress.update(chunk.source_bytes, written, tokens)
+            lines += result.n_lines
+            fault(f"mid-shard:{shard.index}")
+        counts, files = output.finalize()
+    except BaseException:
+        output.abort()
+        raise
+    work.publish(shard, files, {"path": storage.absolute(shard.path), "start": shard.start, "end": shard.end,
+                                "lines": lines, "files": files, "counts": counts})
+    progress.shard_done()
+    fault(f"shard-done:{shard.index}")
+    return work.markers[shard.index]
+
+
+class _Peekable:
+    def __init__(self, it: Iterator) -> None:
+        self._it, self._head, self._has = it, None, False
+
+    def peek(self):
+        if not self._has:
+            self._head, self._has = next(self._it, None), True
+        return self._head
+
+    def __next__(self):
+        item = self.peek()
+        self._has = False
+        return item
+
+
+def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], object],
+                   json_keys: list[str], open_output: Callable[[str], ShardOutput], what: dict,
+                   desc: str) -> tuple[WorkDir, list[Shard], list[dict]]:
+    """Plan the shards, open (or resume) the work directory and produce every shard not yet
+    done, with the run's engine. `what` (command, tokenizer, options) joins the manifest: a
+    rerun resumes only when it and the inputs are unchanged. Returns the open work directory
+    (the caller merges, then closes it), the shards and their markers."""
+    shards = plan_shards(files, config.shard_bytes)
+    manifest = json.loads(json.dumps({
+        **what,
+        "inputs": [{"path": storage.absolute(p), **storage.signature(p)} for p in files],
+        "shard_bytes": config.shard_bytes,
+        "shards": [{"path": storage.absolute(s.path), "start": s.start, "end": s.end} for s in shards],
+    }))
+    work = WorkDir(config.output_prefix, manifest, config.restart).open()
+
+    def results(pending: list[Shard]) -> Iterator[tuple[Chunk, object]]:
+        pieces = [s.piece() for s in pending]
+        if config.engine == "ray":
+            from dataprep.ray_engine import shard_results
+
+            return shard_results(pieces, encode, trusted.tokenizer.engine_spec(trusted.engine), json_keys,
+                                 config.chunk_bytes, config.ray_address, config.workers)
+        return trusted.executor.map(encode, ChunkReader([], json_keys, config.chunk_bytes, pieces=pieces))
+
+    progress = Progress(sum(s.bytes for s in shards), config.progress, desc=desc)
+    try:
+        markers = run_shards(shards, work, open_output, results, progress)
+    except BaseException:
+        work.abandon()
+        raise
+    finally:
+        progress.close()
+    return work, shards, markers
