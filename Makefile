@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-sft bench-index bench-train clean
+.PHONY: install demo test bench bench-sft bench-index bench-train bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray,s3]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +51,9 @@ bench-sft: install
 
 bench-index: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpt_index.py
+
+bench-scale: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scaling.py
 
 bench-train: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/train_data.py

@@ -75,8 +75,6 @@ class Progress:
         self._done, self._total = done_shards, total_shards
         self.shards = f"shards {done_shards}/{total_shards}, "
         if self._bar is not None:
-            if done_shards:
-                self._bar.write(f"resuming: {done_shards} of {total_shards} shards already done")
             self._bar.n = self._bar.initial = done_bytes  # tqdm's rate counts from `initial`
             self._bar.set_postfix_str(self.shards.rstrip(", "))
 
@@ -94,10 +92,27 @@ def _noop() -> None:
     return None
 
 
+def _exit_with_parent() -> None:
+    """A worker whose parent died (kill -9, OOM killer) would wait for tasks forever, holding
+    memory and the terminal's pipes: a daemon thread ends it within a second."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dataprep-parent-watch", daemon=True).start()
+
+
 def _child_init(initializer: Callable[..., None], *args: Any) -> None:
     # Ctrl-C reaches the whole process group; the main process alone handles it (it removes
     # the temporary outputs), so workers do not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     initializer(*args)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -26,7 +25,7 @@ from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, human_size
 from dataprep.rejects import Rejects, report_rejects
-from dataprep.shards import Shard, WorkDir, fault, produce_shards
+from dataprep.shards import Shard, WorkDir, merge_shards, produce_shards
 from dataprep.sources import expand_inputs
 from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer
@@ -143,7 +142,7 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
     try:
         for note in trusted.notes:
             log(f"note: tokenizer engine {note}")
-        return _run(config, files, trusted, started)
+        return _run(config, files, trusted, started, log)
     finally:
         trusted.executor.close()
 
@@ -198,7 +197,7 @@ class PretrainShard:
 
 
 def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
-         started: float) -> PretrainSummary:
+         started: float, log) -> PretrainSummary:
     tok, executor = trusted.tokenizer, trusted.executor
     startup = time.perf_counter() - started
     dtype = optimal_dtype(tok.vocab_size)
@@ -214,7 +213,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
                         "eod": tok.eod, "dtype": dtype.name, "skip_bad_records": config.skip_bad_records}}
     work, shards, markers = produce_shards(
         config, files, trusted, partial(encode_chunk, options), list(config.json_keys),
-        lambda prefix: PretrainShard(prefix, config, dtype), what, desc="pretrain")
+        lambda prefix: PretrainShard(prefix, config, dtype), what, desc="pretrain", log=log)
     try:
         for marker in markers:
             counts = marker["counts"]
@@ -251,26 +250,20 @@ def _merge(config: PretrainConfig, work: WorkDir, shards: list[Shard], prefixes:
            dtype: np.dtype) -> None:
     """The final idxmaps (and rejects): the shards' outputs concatenated in shard order."""
     writers = {k: IdxmapWriter(p, dtype, FILES) for k, p in prefixes.items()}
-    rejects = storage.Output(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
+
+    def add(prefix: str) -> None:
+        for key, writer in writers.items():
+            with IdxmapReader(output_prefix_for(prefix, key)) as reader:
+                writer.add_index(reader)
+
     try:
-        for shard in shards:
-            with work.fetched(shard) as prefix:
-                for key, writer in writers.items():
-                    with IdxmapReader(output_prefix_for(prefix, key)) as reader:
-                        writer.add_index(reader)
-                if rejects is not None:
-                    with open(f"{prefix}.rejects.jsonl", "rb") as f:
-                        shutil.copyfileobj(f, rejects)
-            fault("merge")
+        merge_shards(work, shards, add,
+                     f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None)
         for writer in writers.values():
             writer.finalize()
-        if rejects is not None:
-            rejects.commit()
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        if rejects is not None:
-            rejects.abort()
         raise
 
 

@@ -47,6 +47,19 @@ def _ray():
     return ray
 
 
+def _check_reachable(address: str) -> None:
+    """Ray waits minutes for a head node that is not there: try its port first."""
+    import socket
+
+    if address == "auto" or ":" not in address:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise DataprepError(f"cannot start or join Ray at {address}: {exc}") from None
+
+
 def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, json_keys: list[str],
                   chunk_bytes: int, address: str | None, cpus: int) -> Iterator[tuple[Chunk, object]]:
     """(chunk, result) of every piece, in order, computed by Ray tasks (at most two per CPU in
@@ -54,6 +67,8 @@ def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, 
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
+        if address:
+            _check_reachable(address)
         try:
             if address:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)

@@ -1,12 +1,13 @@
 """The SFT pipeline: alpaca / messages / ShareGPT files → token ids + loss masks → SFT idxmaps.
 
-    source files ─ ChunkReader ─▶ chunks ─ workers: SFTEncoder ─▶ records (ids, mask)
-        ─ OrderedExecutor (in chunk order) ─▶ NativeSFTWriter ─▶ {PREFIX}_text_document + _loss_mask_document
-        └ --layout pai: the same records (in a temporary directory) ─ packing plan ─▶ Pai rows
+    source files ─ shards ─ ChunkReader ─▶ chunks ─ workers (or Ray tasks): SFTEncoder ─▶ records
+        (ids, mask) ─ in chunk order ─▶ per shard: NativeSFTWriter + marker ({PREFIX}.work/)
+        ─ merge in shard order ─▶ {PREFIX}_text_document + _loss_mask_document
+        └ --layout pai: the merged records (in a temporary directory) ─ packing plan ─▶ Pai rows
 
 Every record read is written, rejected (file:line and reason) or dropped as too long (counted).
 Outputs go to temporary names and are renamed when complete; the bytes do not depend on the
-worker count. Layouts: dataset_engine/sft_format.py and docs/FORMAT.md.
+worker count or engine, and a crashed run resumes from its finished shards (`shards.py`). Layouts: dataset_engine/sft_format.py and docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ from functools import partial
 
 import numpy as np
 
-from dataprep import __version__
+from dataprep import __version__, storage
 from dataprep.chat_template import TemplateError, get_renderer
 from dataprep.conversations import FORMATS, RecordError, to_conversation
 from dataprep.documents import load_line
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, Progress, human_size
+from dataprep.executor import BackgroundCalls, human_size
 from dataprep.packing import ALGORITHMS, PackingPlan, pack
+from dataprep.pretrain import tokenizer_identity
 from dataprep.rejects import Rejects, report_rejects
+from dataprep.shards import Shard, WorkDir, merge_shards, produce_shards
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
-from dataprep.sources import ChunkReader, LineNumbers, expand_inputs, read_chunk_lines
+from dataprep.sources import ChunkReader, expand_inputs, read_chunk_lines
+from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer, get_spec
 from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
-from dataset_engine.idxmap import optimal_dtype, write_sidecar
+from dataset_engine.idxmap import LOCAL_FILES, IdxmapReader, optimal_dtype
 from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, NativeSFTWriter, mask_prefix,
                                        pai_row, tokens_prefix, write_pai)
 
@@ -209,84 +213,139 @@ def run_sft(config: SFTConfig, log=print) -> SFTSummary:
 
     trusted = start_trusted_workers(
         config, probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, config.probe_records),
-        check=options_for)
+        check=options_for, workers=config.local_workers)
     try:
         for note in trusted.notes:
             log(f"note: tokenizer engine {note}")
-        return _run(config, files, trusted, options_for(trusted.tokenizer), started)
+        return _run(config, files, trusted, options_for(trusted.tokenizer), started, log)
     finally:
         trusted.executor.close()
 
 
+class SFTShard:
+    """One shard's records (native layout: ids + loss masks) and rejects, in the work directory."""
+
+    COUNTS = ("read", "written", "rejected", "dropped_prompt", "dropped_long", "truncated", "tokens",
+              "trained_tokens", "max_length")
+
+    def __init__(self, prefix: str, config: SFTConfig, dtype: str) -> None:
+        self.prefix, self.config = prefix, config
+        self.writer = NativeSFTWriter(prefix, dtype)
+        self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.background = BackgroundCalls()
+
+    def add(self, chunk, result, where) -> tuple[int, int]:
+        report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
+        if result.written:
+            self.background.submit(self.writer.add_records, result.ids, result.mask, result.lengths)
+        c = self.counts
+        c["read"] += result.records
+        c["written"] += result.written
+        c["rejected"] += len(result.rejected)
+        c["dropped_prompt"] += result.dropped_prompt
+        c["dropped_long"] += result.dropped_long
+        c["truncated"] += result.truncated
+        c["tokens"] += len(result.ids)
+        c["trained_tokens"] += int(result.mask.sum())
+        if len(result.lengths):
+            c["max_length"] = max(c["max_length"], int(result.lengths.max()))
+        return result.written, len(result.ids)
+
+    def finalize(self) -> tuple[dict, list[str]]:
+        self.background.drain()
+        self.background.close()
+        self.writer.finalize()
+        files = [os.path.basename(p) + ext for p in (tokens_prefix(self.prefix), mask_prefix(self.prefix))
+                 for ext in (".bin", ".idx")]
+        if self.rejects is not None:
+            self.rejects.finalize()
+            files.append(os.path.basename(self.rejects.path))
+        return self.counts, files
+
+    def abort(self) -> None:
+        self.background.close()
+        self.writer.abort()
+        if self.rejects is not None:
+            self.rejects.abort()
+
+
 def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: SFTOptions,
-         started: float) -> SFTSummary:
+         started: float, log) -> SFTSummary:
     tok = trusted.tokenizer
     summary = SFTSummary(engine=trusted.engine, workers=config.workers, notes=trusted.notes,
                          template=options.template, startup_seconds=time.perf_counter() - started,
                          output=tokens_prefix(config.output_prefix))
-    parent = os.path.dirname(os.path.abspath(config.output_prefix))
-    os.makedirs(parent, exist_ok=True)
-    # pai: the records go to a temporary directory first; the rows need every length to pack
-    work = tempfile.mkdtemp(prefix=os.path.basename(config.output_prefix) + ".tmp-", dir=parent) \
-        if config.layout == "pai" else None
-    records_prefix = os.path.join(work, "records") if work else config.output_prefix
-    writer = NativeSFTWriter(records_prefix, options.dtype)
-    rejects = Rejects(f"{config.output_prefix}.rejects.jsonl") if config.skip_bad_records else None
-    reader = ChunkReader(files, [], config.chunk_bytes)
-    progress = Progress(reader.total_bytes(), config.progress, desc="sft")
-    lines = LineNumbers()
-    background = BackgroundCalls()
-    lengths: list[np.ndarray] = []
+    if not storage.is_url(config.output_prefix):
+        os.makedirs(os.path.dirname(os.path.abspath(config.output_prefix)), exist_ok=True)
+    what = {"command": "sft", "tokenizer": tokenizer_identity(tok),
+            "options": {"format": config.fmt, "template": options.template, "system": config.system,
+                        "seq_length": config.seq_length, "drop_long": config.drop_long,
+                        "dtype": options.dtype, "skip_bad_records": config.skip_bad_records}}
+    work, shards, markers = produce_shards(
+        config, files, trusted, partial(encode_sft_chunk, options), [],
+        lambda prefix: SFTShard(prefix, config, options.dtype), what, desc="sft", log=log)
+    records_dir = None
     try:
-        for chunk, result in trusted.executor.map(partial(encode_sft_chunk, options), reader):
-            where = lines.resolver(chunk, result.n_lines)
-            report_rejects(rejects, chunk.path, where, result.rejected, config.output_prefix)
-            if result.written:
-                background.submit(writer.add_records, result.ids, result.mask, result.lengths)
-            lengths.append(result.lengths)
-            summary.read += result.records
-            summary.written += result.written
-            summary.rejected += len(result.rejected)
-            summary.dropped_prompt += result.dropped_prompt
-            summary.dropped_long += result.dropped_long
-            summary.truncated += result.truncated
-            summary.tokens += len(result.ids)
-            summary.trained_tokens += int(result.mask.sum())
-            progress.update(chunk.source_bytes, result.written, len(result.ids))
-        background.drain()
+        for marker in markers:
+            for name, value in marker["counts"].items():
+                setattr(summary, name, max(summary.max_length, value) if name == "max_length"
+                        else getattr(summary, name) + value)
         if summary.written == 0:
             raise DataprepError(f"no records to write: read {summary.read:,} (rejected {summary.rejected:,}, "
                                 f"dropped {summary.dropped:,}); nothing was written")
-        all_lengths = np.concatenate(lengths)
-        summary.max_length = int(all_lengths.max())
-        plan = _plan(config, all_lengths)
+        rejects_path = f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None
+        if config.layout == "native":
+            lengths = _merge_records(work, shards, config.output_prefix, options.dtype, FILES, rejects_path)
+            plan = _plan(config, lengths)
+        else:  # the rows need every record: join them in a local temporary directory first
+            records_dir = tempfile.mkdtemp(prefix="dataprep-sft-records-")
+            records_prefix = os.path.join(records_dir, "records")
+            lengths = _merge_records(work, shards, records_prefix, options.dtype, LOCAL_FILES, rejects_path)
+            plan = _plan(config, lengths)
+            records = NativeSFT(tokens_prefix(records_prefix), {"loss_mask": os.path.basename(
+                mask_prefix(records_prefix)), "tokenizer": {"pad": pad_id(tok)}})
+            summary.rows = write_pai(config.output_prefix, _pai_rows(records, plan, config.seq_length,
+                                                                     pad_id(tok)), FILES)
         if plan is not None:
             summary.packing = {"algorithm": config.packing_algorithm, "seq_length": config.seq_length,
                                "seed": config.seed, "rows": plan.rows, "lower_bound": plan.lower_bound,
                                "efficiency": round(plan.efficiency, 6)}
-        writer.finalize()
-        if config.layout == "pai":
-            records = NativeSFT(tokens_prefix(records_prefix), {"loss_mask": os.path.basename(
-                mask_prefix(records_prefix)), "tokenizer": {"pad": pad_id(tok)}})
-            summary.rows = write_pai(config.output_prefix, _pai_rows(records, plan, config.seq_length, pad_id(tok)))
-        if rejects is not None:
-            rejects.finalize()
-            summary.rejects_path = rejects.path
+        summary.rejects_path = rejects_path
+        summary.bytes_in = sum(storage.size(p) for p in files)
+        storage.write_json(tokens_prefix(config.output_prefix) + ".json",
+                           _sidecar(config, options, tok, files, summary))
     except BaseException:
-        background.close()
-        writer.abort()
-        if rejects is not None:
-            rejects.abort()
+        work.abandon()
         raise
     finally:
-        background.close()
-        progress.close()
-        if work:
-            shutil.rmtree(work, ignore_errors=True)
-    summary.bytes_in = sum(os.path.getsize(p) for p in files)
-    write_sidecar(tokens_prefix(config.output_prefix), _sidecar(config, options, tok, files, summary))
+        if records_dir:
+            shutil.rmtree(records_dir, ignore_errors=True)
+    work.close(remove=not config.keep_work)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _merge_records(work: WorkDir, shards: list[Shard], prefix: str, dtype: str, files,
+                   rejects_path: str | None) -> np.ndarray:
+    """The shards' records concatenated into one native-layout pair at `prefix`; returns every
+    record's length."""
+    writer = NativeSFTWriter(prefix, dtype, files)
+    lengths: list[np.ndarray] = []
+
+    def add(shard_prefix: str) -> None:
+        with IdxmapReader(tokens_prefix(shard_prefix)) as tokens, IdxmapReader(mask_prefix(shard_prefix)) as mask:
+            writer.tokens.add_index(tokens)
+            writer.mask.add_index(mask)
+            lengths.append(tokens.sequence_lengths.astype(np.int64))
+
+    try:
+        merge_shards(work, shards, add, rejects_path)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    return np.concatenate(lengths)
 
 
 def _plan(config: SFTConfig, lengths: np.ndarray) -> PackingPlan | None:
@@ -320,7 +379,7 @@ def _sidecar(config: SFTConfig, options: SFTOptions, tok: LoadedTokenizer, files
         "seq_length": config.seq_length,
         "drop_long": config.drop_long,
         "dtype": options.dtype,
-        "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in files],
+        "inputs": [{"path": storage.absolute(p), "bytes": storage.size(p)} for p in files],
         "counts": summary.counts(),
         "packing": summary.packing,
     }

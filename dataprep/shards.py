@@ -280,6 +280,27 @@ def _produce(shard: Shard, first_line: int, work: WorkDir, open_output: Callable
     return work.markers[shard.index]
 
 
+def merge_shards(work: WorkDir, shards: list[Shard], add: Callable[[str], None],
+                 rejects_path: str | None) -> None:
+    """Feed each shard's local prefix to `add`, in shard order (the caller's writers concatenate
+    them), and join the shards' rejects into `rejects_path` (None: no rejects file)."""
+    rejects = storage.Output(rejects_path) if rejects_path else None
+    try:
+        for shard in shards:
+            with work.fetched(shard) as prefix:
+                add(prefix)
+                if rejects is not None:
+                    with open(f"{prefix}.rejects.jsonl", "rb") as f:
+                        shutil.copyfileobj(f, rejects)
+            fault("merge")
+        if rejects is not None:
+            rejects.commit()
+    except BaseException:
+        if rejects is not None:
+            rejects.abort()
+        raise
+
+
 class _Peekable:
     def __init__(self, it: Iterator) -> None:
         self._it, self._head, self._has = it, None, False
@@ -297,7 +318,7 @@ class _Peekable:
 
 def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], object],
                    json_keys: list[str], open_output: Callable[[str], ShardOutput], what: dict,
-                   desc: str) -> tuple[WorkDir, list[Shard], list[dict]]:
+                   desc: str, log: Callable[[str], None]) -> tuple[WorkDir, list[Shard], list[dict]]:
     """Plan the shards, open (or resume) the work directory and produce every shard not yet
     done, with the run's engine. `what` (command, tokenizer, options) joins the manifest: a
     rerun resumes only when it and the inputs are unchanged. Returns the open work directory
@@ -310,6 +331,8 @@ def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], 
         "shards": [{"path": storage.absolute(s.path), "start": s.start, "end": s.end} for s in shards],
     }))
     work = WorkDir(config.output_prefix, manifest, config.restart).open()
+    if work.markers:
+        log(f"resuming from {work.root}: {len(work.markers)} of {len(shards)} shards already done")
 
     def results(pending: list[Shard]) -> Iterator[tuple[Chunk, object]]:
         pieces = [s.piece() for s in pending]
