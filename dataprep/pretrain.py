@@ -25,12 +25,12 @@ from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, human_size
 from dataprep.rejects import Rejects, report_rejects
-from dataprep.shards import Shard, WorkDir, merge_shards, produce_shards
+from dataprep.shards import JoinedRejects, produce_shards
 from dataprep.sources import expand_inputs
 from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer
 from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
-from dataset_engine.idxmap import IdxmapReader, IdxmapWriter, optimal_dtype
+from dataset_engine.idxmap import SCRATCH_FILES, IdxmapReader, IdxmapWriter, optimal_dtype
 
 SIDECAR_FORMAT = "dataprep-pretrain-sidecar/1"
 
@@ -150,19 +150,19 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
 class PretrainShard:
     """One shard's idxmaps (one per json key) and rejects, in the work directory."""
 
-    def __init__(self, prefix: str, config: PretrainConfig, dtype: np.dtype) -> None:
-        self.prefix, self.config = prefix, config
-        self.writers = {k: IdxmapWriter(output_prefix_for(prefix, k), dtype) for k in config.json_keys}
+    def __init__(self, prefix: str, config: PretrainConfig, dtype: np.dtype, writes: BackgroundCalls) -> None:
+        self.prefix, self.config, self.writes = prefix, config, writes
+        self.writers = {k: IdxmapWriter(output_prefix_for(prefix, k), dtype, SCRATCH_FILES)
+                        for k in config.json_keys}
         self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
         self.counts = {"read": 0, "written": 0, "rejected": 0, "empty": 0,
                        "keys": {k: asdict(KeyCounts()) for k in config.json_keys}}
-        self.background = BackgroundCalls()
 
     def add(self, chunk, result, where) -> tuple[int, int]:
         report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
         tokens = 0
         for key, docs in result.keys.items():
-            self.background.submit(self.writers[key].add_documents, docs.tokens, docs.sequence_lengths,
+            self.writes.submit(self.writers[key].add_documents, docs.tokens, docs.sequence_lengths,
                                    docs.sequences_per_document)
             counts = self.counts["keys"][key]
             counts["documents"] += len(docs.sequences_per_document)
@@ -177,8 +177,6 @@ class PretrainShard:
         return result.written, tokens
 
     def finalize(self) -> tuple[dict, list[str]]:
-        self.background.drain()
-        self.background.close()
         files = []
         for writer in self.writers.values():
             writer.finalize()
@@ -189,7 +187,6 @@ class PretrainShard:
         return self.counts, files
 
     def abort(self) -> None:
-        self.background.close()
         for writer in self.writers.values():
             writer.abort()
         if self.rejects is not None:
@@ -198,7 +195,7 @@ class PretrainShard:
 
 def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
          started: float, log) -> PretrainSummary:
-    tok, executor = trusted.tokenizer, trusted.executor
+    tok = trusted.tokenizer
     startup = time.perf_counter() - started
     dtype = optimal_dtype(tok.vocab_size)
     options = EncodeOptions(json_keys=config.json_keys, append_eod=config.append_eod, eod=tok.eod,
@@ -211,9 +208,11 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
     what = {"command": "pretrain", "tokenizer": tokenizer_identity(tok),
             "options": {"json_keys": list(config.json_keys), "append_eod": config.append_eod,
                         "eod": tok.eod, "dtype": dtype.name, "skip_bad_records": config.skip_bad_records}}
-    work, shards, markers = produce_shards(
+    merger = PretrainMerger(config, prefixes, dtype)
+    work, markers = produce_shards(
         config, files, trusted, partial(encode_chunk, options), list(config.json_keys),
-        lambda prefix: PretrainShard(prefix, config, dtype), what, desc="pretrain", log=log)
+        lambda prefix, writes: PretrainShard(prefix, config, dtype, writes), merger, what,
+        desc="pretrain", log=log)
     try:
         for marker in markers:
             counts = marker["counts"]
@@ -231,7 +230,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
             raise DataprepError(
                 f"no tokens for key(s) {', '.join(map(repr, empty_keys))}: read {summary.read:,} records "
                 f"(rejected {summary.rejected:,}, empty {summary.empty:,}); nothing was written")
-        _merge(config, work, shards, prefixes, dtype)
+        merger.finalize()
         if config.skip_bad_records:
             summary.rejects_path = f"{config.output_prefix}.rejects.jsonl"
         summary.bytes_in = sum(storage.size(p) for p in files)
@@ -239,6 +238,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
             storage.write_json(prefix + ".json", _sidecar(key, config, tok, files, summary, dtype.name))
             summary.bytes_out += storage.size(prefix + ".bin") + storage.size(prefix + ".idx")
     except BaseException:
+        merger.abort()
         work.abandon()
         raise
     work.close(remove=not config.keep_work)
@@ -246,25 +246,28 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
     return summary
 
 
-def _merge(config: PretrainConfig, work: WorkDir, shards: list[Shard], prefixes: dict[str, str],
-           dtype: np.dtype) -> None:
+class PretrainMerger:
     """The final idxmaps (and rejects): the shards' outputs concatenated in shard order."""
-    writers = {k: IdxmapWriter(p, dtype, FILES) for k, p in prefixes.items()}
 
-    def add(prefix: str) -> None:
-        for key, writer in writers.items():
+    def __init__(self, config: PretrainConfig, prefixes: dict[str, str], dtype: np.dtype) -> None:
+        self.writers = {k: IdxmapWriter(p, dtype, FILES) for k, p in prefixes.items()}
+        self.rejects = JoinedRejects(f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None)
+
+    def add(self, prefix: str) -> None:
+        for key, writer in self.writers.items():
             with IdxmapReader(output_prefix_for(prefix, key)) as reader:
                 writer.add_index(reader)
+        self.rejects.add(prefix)
 
-    try:
-        merge_shards(work, shards, add,
-                     f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None)
-        for writer in writers.values():
+    def finalize(self) -> None:
+        self.rejects.commit()
+        for writer in self.writers.values():
             writer.finalize()
-    except BaseException:
-        for writer in writers.values():
+
+    def abort(self) -> None:
+        self.rejects.abort()
+        for writer in self.writers.values():
             writer.abort()
-        raise
 
 
 def tokenizer_identity(tok: LoadedTokenizer) -> dict:

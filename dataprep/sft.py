@@ -30,13 +30,13 @@ from dataprep.executor import BackgroundCalls, human_size
 from dataprep.packing import ALGORITHMS, PackingPlan, pack
 from dataprep.pretrain import tokenizer_identity
 from dataprep.rejects import Rejects, report_rejects
-from dataprep.shards import Shard, WorkDir, merge_shards, produce_shards
+from dataprep.shards import JoinedRejects, produce_shards
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
 from dataprep.sources import ChunkReader, expand_inputs, read_chunk_lines
 from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer, get_spec
 from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
-from dataset_engine.idxmap import LOCAL_FILES, IdxmapReader, optimal_dtype
+from dataset_engine.idxmap import LOCAL_FILES, SCRATCH_FILES, IdxmapReader, optimal_dtype
 from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, NativeSFTWriter, mask_prefix,
                                        pai_row, tokens_prefix, write_pai)
 
@@ -228,17 +228,16 @@ class SFTShard:
     COUNTS = ("read", "written", "rejected", "dropped_prompt", "dropped_long", "truncated", "tokens",
               "trained_tokens", "max_length")
 
-    def __init__(self, prefix: str, config: SFTConfig, dtype: str) -> None:
-        self.prefix, self.config = prefix, config
-        self.writer = NativeSFTWriter(prefix, dtype)
+    def __init__(self, prefix: str, config: SFTConfig, dtype: str, writes: BackgroundCalls) -> None:
+        self.prefix, self.config, self.writes = prefix, config, writes
+        self.writer = NativeSFTWriter(prefix, dtype, SCRATCH_FILES)
         self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
         self.counts = dict.fromkeys(self.COUNTS, 0)
-        self.background = BackgroundCalls()
 
     def add(self, chunk, result, where) -> tuple[int, int]:
         report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
         if result.written:
-            self.background.submit(self.writer.add_records, result.ids, result.mask, result.lengths)
+            self.writes.submit(self.writer.add_records, result.ids, result.mask, result.lengths)
         c = self.counts
         c["read"] += result.records
         c["written"] += result.written
@@ -253,8 +252,6 @@ class SFTShard:
         return result.written, len(result.ids)
 
     def finalize(self) -> tuple[dict, list[str]]:
-        self.background.drain()
-        self.background.close()
         self.writer.finalize()
         files = [os.path.basename(p) + ext for p in (tokens_prefix(self.prefix), mask_prefix(self.prefix))
                  for ext in (".bin", ".idx")]
@@ -264,7 +261,6 @@ class SFTShard:
         return self.counts, files
 
     def abort(self) -> None:
-        self.background.close()
         self.writer.abort()
         if self.rejects is not None:
             self.rejects.abort()
@@ -282,10 +278,20 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
             "options": {"format": config.fmt, "template": options.template, "system": config.system,
                         "seq_length": config.seq_length, "drop_long": config.drop_long,
                         "dtype": options.dtype, "skip_bad_records": config.skip_bad_records}}
-    work, shards, markers = produce_shards(
-        config, files, trusted, partial(encode_sft_chunk, options), [],
-        lambda prefix: SFTShard(prefix, config, options.dtype), what, desc="sft", log=log)
-    records_dir = None
+    # pai: the rows need every record: the merged records go to a local temporary directory first
+    records_dir = tempfile.mkdtemp(prefix="dataprep-sft-records-") if config.layout == "pai" else None
+    records_prefix = os.path.join(records_dir, "records") if records_dir else config.output_prefix
+    merger = SFTMerger(records_prefix, options.dtype, LOCAL_FILES if records_dir else FILES,
+                       f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None)
+    try:
+        work, markers = produce_shards(
+            config, files, trusted, partial(encode_sft_chunk, options), [],
+            lambda prefix, writes: SFTShard(prefix, config, options.dtype, writes), merger, what,
+            desc="sft", log=log)
+    except BaseException:
+        if records_dir:
+            shutil.rmtree(records_dir, ignore_errors=True)
+        raise
     try:
         for marker in markers:
             for name, value in marker["counts"].items():
@@ -294,15 +300,9 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
         if summary.written == 0:
             raise DataprepError(f"no records to write: read {summary.read:,} (rejected {summary.rejected:,}, "
                                 f"dropped {summary.dropped:,}); nothing was written")
-        rejects_path = f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None
-        if config.layout == "native":
-            lengths = _merge_records(work, shards, config.output_prefix, options.dtype, FILES, rejects_path)
-            plan = _plan(config, lengths)
-        else:  # the rows need every record: join them in a local temporary directory first
-            records_dir = tempfile.mkdtemp(prefix="dataprep-sft-records-")
-            records_prefix = os.path.join(records_dir, "records")
-            lengths = _merge_records(work, shards, records_prefix, options.dtype, LOCAL_FILES, rejects_path)
-            plan = _plan(config, lengths)
+        lengths = merger.finalize()
+        plan = _plan(config, lengths)
+        if records_dir:
             records = NativeSFT(tokens_prefix(records_prefix), {"loss_mask": os.path.basename(
                 mask_prefix(records_prefix)), "tokenizer": {"pad": pad_id(tok)}})
             summary.rows = write_pai(config.output_prefix, _pai_rows(records, plan, config.seq_length,
@@ -311,11 +311,12 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
             summary.packing = {"algorithm": config.packing_algorithm, "seq_length": config.seq_length,
                                "seed": config.seed, "rows": plan.rows, "lower_bound": plan.lower_bound,
                                "efficiency": round(plan.efficiency, 6)}
-        summary.rejects_path = rejects_path
+        summary.rejects_path = merger.rejects.path
         summary.bytes_in = sum(storage.size(p) for p in files)
         storage.write_json(tokens_prefix(config.output_prefix) + ".json",
                            _sidecar(config, options, tok, files, summary))
     except BaseException:
+        merger.abort()
         work.abandon()
         raise
     finally:
@@ -326,26 +327,30 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
     return summary
 
 
-def _merge_records(work: WorkDir, shards: list[Shard], prefix: str, dtype: str, files,
-                   rejects_path: str | None) -> np.ndarray:
-    """The shards' records concatenated into one native-layout pair at `prefix`; returns every
-    record's length."""
-    writer = NativeSFTWriter(prefix, dtype, files)
-    lengths: list[np.ndarray] = []
+class SFTMerger:
+    """The shards' records concatenated into one native-layout pair (and their rejects joined),
+    keeping every record's length for packing."""
 
-    def add(shard_prefix: str) -> None:
-        with IdxmapReader(tokens_prefix(shard_prefix)) as tokens, IdxmapReader(mask_prefix(shard_prefix)) as mask:
-            writer.tokens.add_index(tokens)
-            writer.mask.add_index(mask)
-            lengths.append(tokens.sequence_lengths.astype(np.int64))
+    def __init__(self, prefix: str, dtype: str, files, rejects_path: str | None) -> None:
+        self.writer = NativeSFTWriter(prefix, dtype, files)
+        self.rejects = JoinedRejects(rejects_path)
+        self.lengths: list[np.ndarray] = []
 
-    try:
-        merge_shards(work, shards, add, rejects_path)
-        writer.finalize()
-    except BaseException:
-        writer.abort()
-        raise
-    return np.concatenate(lengths)
+    def add(self, prefix: str) -> None:
+        with IdxmapReader(tokens_prefix(prefix)) as tokens, IdxmapReader(mask_prefix(prefix)) as mask:
+            self.writer.tokens.add_index(tokens)
+            self.writer.mask.add_index(mask)
+            self.lengths.append(tokens.sequence_lengths.astype(np.int64))
+        self.rejects.add(prefix)
+
+    def finalize(self) -> np.ndarray:
+        self.rejects.commit()
+        self.writer.finalize()
+        return np.concatenate(self.lengths)
+
+    def abort(self) -> None:
+        self.rejects.abort()
+        self.writer.abort()
 
 
 def _plan(config: SFTConfig, lengths: np.ndarray) -> PackingPlan | None:

@@ -9,7 +9,8 @@ cut (compressed, a JSON array, parquet). Each shard is tokenized into its own sm
         manifest.json               what the run is: command, options, tokenizer, inputs, shards
         shard-000000_*.bin/.idx     shard 0's outputs (idxmaps, named like the final ones)
         shard-000000.rejects.jsonl  its bad records (--skip-bad-records)
-        shard-000000.done.json      its marker: written last, after its outputs are complete
+        shard-000000.done.json      its marker: written last, after its outputs are complete;
+                                    lists them with their sizes (checked before reuse)
         .lock                       held while a run uses the directory (local directories)
 
 The final outputs are the shards' outputs concatenated in shard order (`merge`), so they are
@@ -34,7 +35,7 @@ from typing import Callable, Iterator, Protocol
 
 from dataprep import storage
 from dataprep.errors import DataprepError
-from dataprep.executor import Progress
+from dataprep.executor import BackgroundCalls, Progress
 from dataprep.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
 from dataprep.workers import DEFAULT_SHARD_BYTES
 
@@ -87,13 +88,43 @@ class ShardOutput(Protocol):
     """A shard's outputs while they are written (one per command)."""
 
     def add(self, chunk: Chunk, result, where: Callable[[int], int]) -> tuple[int, int]:
-        """Write one chunk's results; `where(local)` is the absolute line of a chunk line.
-        Returns (records written, tokens) for the progress bar."""
+        """Count one chunk's results and hand their writes to the writer thread; `where(local)` is
+        the absolute line of a chunk line. Returns (records written, tokens) for the progress bar."""
 
     def finalize(self) -> tuple[dict, list[str]]:
-        """Complete the outputs; returns (counts for the marker, names of the files written)."""
+        """Complete the outputs (on the writer thread); returns (counts for the marker, names of
+        the files written)."""
 
     def abort(self) -> None: ...
+
+
+class Merger(Protocol):
+    """The final outputs, built from the finished shards in shard order (one per command)."""
+
+    def add(self, prefix: str) -> None:
+        """Append one finished shard's outputs (a local prefix)."""
+
+    def abort(self) -> None: ...
+
+
+class JoinedRejects:
+    """The final rejects file: every shard's rejects, in shard order (None path: no file)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._out = storage.Output(path) if path else None
+
+    def add(self, prefix: str) -> None:
+        if self._out is not None:
+            self._out.append_file(f"{prefix}.rejects.jsonl")
+
+    def commit(self) -> None:
+        if self._out is not None:
+            self._out.commit()
+
+    def abort(self) -> None:
+        if self._out is not None:
+            self._out.abort()
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -148,10 +179,14 @@ class WorkDir:
             self._clear()
             storage.write_json(self.path("manifest.json"), self.manifest)
         else:
-            for name in storage.listdir(self.root):
+            sizes = storage.list_sizes(self.root)
+            for name in sizes:
                 if name.endswith(".done.json"):
                     marker = storage.read_json(self.path(name))
-                    if marker is not None and marker.get("format") == WORK_FORMAT:
+                    # Shard files are not fsynced (a crash of the machine may cut them short):
+                    # a marker counts only when every file it lists has the size it recorded.
+                    if marker is not None and marker.get("format") == WORK_FORMAT and all(
+                            sizes.get(f) == n for f, n in marker["files"].items()):
                         self.markers[int(marker["shard"])] = marker
         if self.remote:
             self._staging = tempfile.mkdtemp(prefix="dataprep-staging-")
@@ -186,13 +221,16 @@ class WorkDir:
         return os.path.join(base, shard.name)
 
     def publish(self, shard: Shard, files: list[str], marker: dict) -> None:
-        """Upload the shard's files (remote directories), then write its marker."""
+        """Upload the shard's files (remote directories), then write its marker, which lists
+        them with their sizes."""
+        local_dir = os.path.dirname(self.local_prefix(shard))
+        sizes = {name: os.path.getsize(os.path.join(local_dir, name)) for name in files}
         if self.remote:
             for name in files:
                 local_file = os.path.join(self._staging, name)
                 storage.upload(local_file, self.path(name))
                 os.remove(local_file)
-        marker = {"format": WORK_FORMAT, "shard": shard.index, **marker}
+        marker = {"format": WORK_FORMAT, "shard": shard.index, **marker, "files": sizes}
         storage.write_json(self.path(f"{shard.name}.done.json"), marker)
         self.markers[shard.index] = marker
 
@@ -202,7 +240,7 @@ class WorkDir:
         if not self.remote:
             yield os.path.join(storage.local(self.root), shard.name)
             return
-        names = self.markers[shard.index]["files"]
+        names = list(self.markers[shard.index]["files"])
         for name in names:
             storage.download(self.path(name), os.path.join(self._staging, name))
         try:
@@ -238,67 +276,79 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str], ShardOutput],
-               results: Callable[[list[Shard]], Iterator[tuple[Chunk, object]]], progress: Progress) -> list[dict]:
-    """Produce every unmarked shard from `results(pending)` ((chunk, result) pairs in chunk order)
-    and mark it done; returns every shard's marker, in shard order."""
+def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str, BackgroundCalls], ShardOutput],
+               results: Callable[[list[Shard]], Iterator[tuple[Chunk, object]]], progress: Progress,
+               merger: Merger) -> list[dict]:
+    """Produce every unmarked shard from `results(pending)` ((chunk, result) pairs in chunk order),
+    mark it done and append it to `merger`; returns every shard's marker, in shard order.
+
+    One writer thread does every write in order: a shard's outputs, its append to the final
+    outputs, its marker. The main thread meanwhile keeps taking results, and the final files are
+    written as the run goes (the kernel writes them back early), not copied at the end."""
     pending = [s for s in shards if s.index not in work.markers]
     progress.resume(sum(s.bytes for s in shards if s.index in work.markers), len(shards) - len(pending),
                     len(shards))
     stream = _Peekable(results(pending)) if pending else _Peekable(iter(()))
+    writes = BackgroundCalls()
+    unfinished: list[ShardOutput] = []
     next_line: dict[int, int] = {}  # per input file: its next absolute line
-    for shard in shards:
-        first = next_line.get(shard.file_index, 1) if shard.end is not None else 1
-        marker = work.markers.get(shard.index)
-        if marker is None:
-            marker = _produce(shard, first, work, open_output, stream, progress)
-        next_line[shard.file_index] = first + marker["lines"]
+    try:
+        for shard in shards:
+            first = next_line.get(shard.file_index, 1) if shard.end is not None else 1
+            marker = work.markers.get(shard.index)
+            if marker is not None:
+                writes.submit(_merge_done, work, shard, merger)
+                lines = marker["lines"]
+            else:
+                lines = _produce(shard, first, work, open_output, stream, progress, writes, unfinished, merger)
+            next_line[shard.file_index] = first + lines
+        writes.drain()
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # e.g. a bad record: the shards before it still get marked
+            with contextlib.suppress(Exception):
+                writes.drain()
+        writes.close()
+        for output in unfinished:
+            output.abort()
+        raise
+    finally:
+        writes.close()
+    fault("merge")
     return [work.markers[s.index] for s in shards]
 
 
-def _produce(shard: Shard, first_line: int, work: WorkDir, open_output: Callable[[str], ShardOutput],
-             stream: "_Peekable", progress: Progress) -> dict:
-    output = open_output(work.local_prefix(shard))
+def _merge_done(work: WorkDir, shard: Shard, merger: Merger) -> None:
+    with work.fetched(shard) as prefix:
+        merger.add(prefix)
+
+
+def _produce(shard: Shard, first_line: int, work: WorkDir, open_output, stream: "_Peekable",
+             progress: Progress, writes: BackgroundCalls, unfinished: list, merger: Merger) -> int:
+    """Take the shard's results from the stream; its completion goes to the writer thread.
+    Returns its line count."""
+    output = open_output(work.local_prefix(shard), writes)
+    unfinished.append(output)
     numbers = LineNumbers()
     numbers.start_at(shard.file_index, first_line)
     lines = 0
-    try:
-        while (item := stream.peek()) is not None and item[0].shard == shard.index:
-            chunk, result = next(stream)
-            written, tokens = output.add(chunk, result, numbers.resolver(chunk, result.n_lines))
-            progress.update(chunk.source_bytes, written, tokens)
-            lines += result.n_lines
-            fault(f"mid-shard:{shard.index}")
+    while (item := stream.peek()) is not None and item[0].shard == shard.index:
+        chunk, result = next(stream)
+        written, tokens = output.add(chunk, result, numbers.resolver(chunk, result.n_lines))
+        progress.update(chunk.source_bytes, written, tokens)
+        lines += result.n_lines
+        fault(f"mid-shard:{shard.index}")
+
+    def finish() -> None:
         counts, files = output.finalize()
-    except BaseException:
-        output.abort()
-        raise
-    work.publish(shard, files, {"path": storage.absolute(shard.path), "start": shard.start, "end": shard.end,
-                                "lines": lines, "files": files, "counts": counts})
-    progress.shard_done()
-    fault(f"shard-done:{shard.index}")
-    return work.markers[shard.index]
+        unfinished.remove(output)
+        merger.add(work.local_prefix(shard))
+        work.publish(shard, files, {"path": storage.absolute(shard.path), "start": shard.start,
+                                    "end": shard.end, "lines": lines, "counts": counts})
+        progress.shard_done()
+        fault(f"shard-done:{shard.index}")
 
-
-def merge_shards(work: WorkDir, shards: list[Shard], add: Callable[[str], None],
-                 rejects_path: str | None) -> None:
-    """Feed each shard's local prefix to `add`, in shard order (the caller's writers concatenate
-    them), and join the shards' rejects into `rejects_path` (None: no rejects file)."""
-    rejects = storage.Output(rejects_path) if rejects_path else None
-    try:
-        for shard in shards:
-            with work.fetched(shard) as prefix:
-                add(prefix)
-                if rejects is not None:
-                    with open(f"{prefix}.rejects.jsonl", "rb") as f:
-                        shutil.copyfileobj(f, rejects)
-            fault("merge")
-        if rejects is not None:
-            rejects.commit()
-    except BaseException:
-        if rejects is not None:
-            rejects.abort()
-        raise
+    writes.submit(finish)
+    return lines
 
 
 class _Peekable:
@@ -317,20 +367,26 @@ class _Peekable:
 
 
 def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], object],
-                   json_keys: list[str], open_output: Callable[[str], ShardOutput], what: dict,
-                   desc: str, log: Callable[[str], None]) -> tuple[WorkDir, list[Shard], list[dict]]:
-    """Plan the shards, open (or resume) the work directory and produce every shard not yet
-    done, with the run's engine. `what` (command, tokenizer, options) joins the manifest: a
-    rerun resumes only when it and the inputs are unchanged. Returns the open work directory
-    (the caller merges, then closes it), the shards and their markers."""
-    shards = plan_shards(files, config.shard_bytes)
-    manifest = json.loads(json.dumps({
-        **what,
-        "inputs": [{"path": storage.absolute(p), **storage.signature(p)} for p in files],
-        "shard_bytes": config.shard_bytes,
-        "shards": [{"path": storage.absolute(s.path), "start": s.start, "end": s.end} for s in shards],
-    }))
-    work = WorkDir(config.output_prefix, manifest, config.restart).open()
+                   json_keys: list[str], open_output: Callable[[str, BackgroundCalls], ShardOutput],
+                   merger: Merger, what: dict, desc: str,
+                   log: Callable[[str], None]) -> tuple[WorkDir, list[dict]]:
+    """Plan the shards, open (or resume) the work directory, produce every shard not yet done
+    with the run's engine and append every shard to `merger`, in order. `what` (command,
+    tokenizer, options) joins the manifest: a rerun resumes only when it and the inputs are
+    unchanged. Returns the open work directory (the caller completes the merger's outputs, then
+    closes it) and the shards' markers."""
+    try:
+        shards = plan_shards(files, config.shard_bytes)
+        manifest = json.loads(json.dumps({
+            **what,
+            "inputs": [{"path": storage.absolute(p), **storage.signature(p)} for p in files],
+            "shard_bytes": config.shard_bytes,
+            "shards": [{"path": storage.absolute(s.path), "start": s.start, "end": s.end} for s in shards],
+        }))
+        work = WorkDir(config.output_prefix, manifest, config.restart).open()
+    except BaseException:
+        merger.abort()
+        raise
     if work.markers:
         log(f"resuming from {work.root}: {len(work.markers)} of {len(shards)} shards already done")
 
@@ -345,10 +401,11 @@ def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], 
 
     progress = Progress(sum(s.bytes for s in shards), config.progress, desc=desc)
     try:
-        markers = run_shards(shards, work, open_output, results, progress)
+        markers = run_shards(shards, work, open_output, results, progress, merger)
     except BaseException:
+        merger.abort()
         work.abandon()
         raise
     finally:
         progress.close()
-    return work, shards, markers
+    return work, markers

@@ -135,6 +135,15 @@ class Output:
     def write(self, data) -> int:
         return (self._local or self._file).write(data)
 
+    def append_file(self, path: str, chunk_bytes: int = 64 << 20) -> None:
+        """Append a local file's bytes (in the kernel when both are local)."""
+        if self._local is not None:
+            self._local.append_file(path, chunk_bytes)
+            return
+        with open(path, "rb") as src:
+            while block := src.read(chunk_bytes):
+                self._file.write(block)
+
     def commit(self) -> None:
         if self._local is not None:
             self._local.commit()
@@ -206,6 +215,21 @@ def listdir(path: str) -> list[str]:
         return sorted(os.listdir(local(path)))
     except FileNotFoundError:
         return []
+
+
+def list_sizes(path: str) -> dict[str, int]:
+    """{name: size} of the files in a directory (one listing); empty when it does not exist."""
+    if is_url(path):
+        fs, p = filesystem(path)
+        try:
+            return {os.path.basename(e["name"].rstrip("/")): int(e["size"])
+                    for e in fs.ls(p, detail=True) if e.get("type") == "file"}
+        except FileNotFoundError:
+            return {}
+    try:
+        return {e.name: e.stat().st_size for e in os.scandir(local(path)) if e.is_file()}
+    except FileNotFoundError:
+        return {}
 
 
 def makedirs(path: str) -> None:

@@ -763,7 +763,7 @@ def test_killed_run_leaves_no_final_outputs(tmp_path, big_input):
         left = files_in(out)
         finished = [n for n in left if n.endswith((".bin", ".idx", ".json", ".rejects.jsonl"))]
         assert finished == [], left
-        assert left == ["ds.work"], left  # the unfinished shard's .tmp files, for a resume
+        assert "ds.work" in left, left  # the unfinished shard's .tmp files, for a resume
     finally:
         _reap(proc)
 
