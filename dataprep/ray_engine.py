@@ -62,8 +62,8 @@ def _check_reachable(address: str) -> None:
 
 def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, json_keys: list[str],
                   chunk_bytes: int, address: str | None, cpus: int) -> Iterator[tuple[Chunk, object]]:
-    """(chunk, result) of every piece, in order, computed by Ray tasks (at most two per CPU in
-    flight, so the driver's memory stays bounded)."""
+    """(chunk, result) of every piece, in order, computed by Ray tasks (one per cluster CPU in
+    flight, plus two, so memory stays bounded)."""
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -80,7 +80,9 @@ def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, 
     try:
         task = ray.remote(num_cpus=1, max_retries=3)(_encode_piece)
         spec_ref, encode_ref = ray.put(spec), ray.put(encode)
-        window = max(2, 2 * int(ray.cluster_resources().get("CPU", cpus)))
+        # a task holds its shard's tokens until the driver takes them, in order: one per CPU
+        # running plus two ready keeps the cluster busy and the object store small
+        window = int(ray.cluster_resources().get("CPU", cpus)) + 2
         pending: deque = deque()
         todo = iter(pieces)
         for piece in todo:

@@ -71,13 +71,6 @@ def size(path: str) -> int:
     return os.path.getsize(local(path))
 
 
-def exists(path: str) -> bool:
-    if is_url(path):
-        fs, p = filesystem(path)
-        return fs.exists(p)
-    return os.path.exists(local(path))
-
-
 def signature(path: str) -> dict:
     """What identifies a file's content without reading it: size and modification time
     (local), size and ETag or modification time (object stores)."""
