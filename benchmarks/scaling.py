@@ -14,7 +14,7 @@ bundled DeepSeek tokenizer, each run a fresh `dataprep pretrain` process, end-to
    timings: the run with every shard already done only merges);
 5. every output is compared byte for byte with the uninterrupted local run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scaling.py [--size-mb 200] [--shard-mb 16]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scaling.py [--size-mb 1000] [--shard-mb 64]
 
 Figures also go to benchmarks/out/scaling.json.
 """
@@ -25,6 +25,7 @@ import argparse
 import filecmp
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -37,8 +38,15 @@ from pretrain_throughput import (MB, OUT_DIR, PY, effective_cores, ensure_corpus
                                  run_measured)
 
 
+# `dataprep` with the main process's own CPU time printed at the end (the workers excluded): the
+# part of the work that does not spread over cores bounds a node's throughput.
+_MAIN = ("import resource, sys\nfrom dataprep.cli import main\nrc = main(sys.argv[1:])\n"
+         "r = resource.getrusage(resource.RUSAGE_SELF)\nprint(f'main-process-cpu {r.ru_utime + r.ru_stime:.3f}')\n"
+         "sys.exit(rc)\n")
+
+
 def pretrain_cmd(corpus: str, prefix: str, workers: int, engine: str, shard_mb: float, *extra: str) -> list[str]:
-    return [PY, "-m", "dataprep.cli", "pretrain", "--input", corpus, "--output-prefix", prefix,
+    return [PY, "-c", _MAIN, "pretrain", "--input", corpus, "--output-prefix", prefix,
             "--tokenizer", "DeepSeekV2Tokenizer", "--workers", str(workers), "--engine", engine,
             "--shard-bytes", str(int(shard_mb * (1 << 20))), "--no-progress", *extra]
 
@@ -48,10 +56,21 @@ def same_output(a: str, b: str) -> bool:
                for ext in (".bin", ".idx"))
 
 
+def _ray_start_seconds(env: dict) -> float:
+    """Seconds `ray.init(num_cpus=2)` takes in a fresh process (import excluded)."""
+    import subprocess
+
+    code = ("import time, logging, ray; t = time.perf_counter(); "
+            "ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING); "
+            "print(time.perf_counter() - t); ray.shutdown()")
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=float, default=200)
-    parser.add_argument("--shard-mb", type=float, default=16)
+    parser.add_argument("--size-mb", type=float, default=1000)
+    parser.add_argument("--shard-mb", type=float, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -74,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     def timed(name: str, cmd: list[str], **extra_env: str) -> dict:
         result = run_measured(cmd, {**env, **extra_env}, log, sample_rss=False)
         summary = parse_summary(result["stdout"])
+        main_cpu = re.search(r"main-process-cpu ([\d.]+)", result["stdout"])
+        if main_cpu:
+            summary["main_process_cpu_s"] = float(main_cpu.group(1))
+        steady = summary.get("steady_s")
         print(f"  {name:<34} {result['wall']:7.2f} s  {size / MB / result['wall']:7.1f} MB/s"
-              + (f"  (start-up {summary['startup_s']:.1f} s)" if "startup_s" in summary else ""), flush=True)
+              + (f"  | after start-up ({summary['startup_s']:.1f} s): {steady:6.2f} s "
+                 f"{size / MB / steady:7.1f} MB/s" if steady else ""), flush=True)
         figures[name] = {"wall_s": round(result["wall"], 3), **summary}
         return result
 
@@ -101,13 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         timed("resumed (same command)", cmd)
         timed("merge only (all shards done)", cmd)
 
+        ray_start = _ray_start_seconds(env)
+        figures["ray_start_s"] = round(ray_start, 3)
+        print(f"  {'(starting a 2-CPU Ray instance alone)':<34} {ray_start:7.2f} s", flush=True)
         one = figures["local, 1 worker"]["wall_s"]
         two = figures["local, 2 workers"]["wall_s"]
         ray = figures["ray, 2 CPUs (local instance)"]["wall_s"]
         resumed = figures["resumed (same command)"]["wall_s"]
         merge_only = figures["merge only (all shards done)"]
+        steady_one = figures["local, 1 worker"]["steady_s"]
+        steady_two = figures["local, 2 workers"]["steady_s"]
         figures.update(
             speedup_2_workers=round(one / two, 3),
+            speedup_2_workers_steady=round(steady_one / steady_two, 3),
+            ray_over_local_without_ray_start=round((ray - ray_start) / two, 3),
             ray_over_local=round(ray / two, 3),
             crash_total_over_uninterrupted=round((killed_s + resumed) / two, 3),
             resumed_over_uninterrupted=round(resumed / two, 3),
@@ -115,12 +146,28 @@ def main(argv: list[str] | None = None) -> int:
             identical={name: same_output(os.path.join(out, name), ref)
                        for name in ("local1", "ray2", "crash")},
         )
-        print(f"\n  2 workers / 1 worker: {figures['speedup_2_workers']:.2f}x faster "
+        print(f"\n  2 workers / 1 worker: {figures['speedup_2_workers']:.2f}x faster end to end, "
+              f"{figures['speedup_2_workers_steady']:.2f}x after start-up "
               f"(the machine gives {cores:.2f} cores to two processes)")
-        print(f"  ray / local (2 CPUs): {figures['ray_over_local']:.2f}x the time")
+        print(f"  ray / local (2 CPUs): {figures['ray_over_local']:.2f}x the time; "
+              f"{figures['ray_over_local_without_ray_start']:.2f}x without starting Ray")
         print(f"  crash at 50% + resume: {figures['crash_total_over_uninterrupted']:.2f}x one uninterrupted run; "
               f"the resumed run alone {figures['resumed_over_uninterrupted']:.2f}x")
-        print(f"  final merge of {n_shards} shards: {figures['merge_s']:.2f} s")
+        print(f"  final merge of {n_shards} shards: {figures['merge_s']:.2f} s (kernel copy, then fsync "
+              f"of the whole output)")
+        # A one-record run's main-process CPU is the start-up; the rest of the 2-worker run's is
+        # the per-byte work that one process does for every worker (receiving, writing, merging).
+        tiny = os.path.join(out, "tiny.jsonl")
+        with open(tiny, "w", encoding="utf-8") as f:
+            f.write('{"text": "one record"}\n')
+        startup = run_measured(pretrain_cmd(tiny, os.path.join(out, "tiny"), 2, "local", args.shard_mb), env,
+                               log, sample_rss=False)
+        startup_cpu = float(re.search(r"main-process-cpu ([\d.]+)", startup["stdout"]).group(1))
+        per_gb = (figures["local, 2 workers"]["main_process_cpu_s"] - startup_cpu) / (size / 1e9)
+        figures["main_process_cpu_s_per_gb"] = round(per_gb, 3)
+        figures["main_process_ceiling_mb_s"] = round(1000 / per_gb, 1)
+        print(f"  main process: {per_gb:.2f} CPU s per GB of input after start-up, so one output takes "
+              f"in at most ~{1000 / per_gb:,.0f} MB/s whatever the cores")
         print(f"  byte-identical to local, 2 workers: {figures['identical']}")
         os.makedirs(OUT_DIR, exist_ok=True)
         with open(os.path.join(OUT_DIR, "scaling.json"), "w", encoding="utf-8") as f:

@@ -155,6 +155,18 @@ class OrderedExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def terminate(self) -> None:
+        """Stop the workers now, in the middle of their tasks (a run being abandoned: a task may
+        be a whole shard, and its files must not appear after the run has cleaned up)."""
+        if self._pool is not None:
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                try:
+                    proc.terminate()
+                except Exception:  # already gone
+                    pass
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def call(self, fn: Callable[[Any], Any], item: Any) -> Any:
         """fn(item) in one worker."""
         if self._pool is None:

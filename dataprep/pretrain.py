@@ -24,8 +24,7 @@ from dataprep import __version__, storage
 from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, human_size
-from dataprep.rejects import Rejects, report_rejects
-from dataprep.shards import JoinedRejects, produce_shards
+from dataprep.shards import JoinedRejects, ShardJob, produce_shards
 from dataprep.sources import expand_inputs
 from dataprep.storage import FILES
 from dataprep.tokenizers import LoadedTokenizer
@@ -148,22 +147,20 @@ def run_pretrain(config: PretrainConfig, log=print) -> PretrainSummary:
 
 
 class PretrainShard:
-    """One shard's idxmaps (one per json key) and rejects, in the work directory."""
+    """One shard's idxmaps (one per json key), written by the worker that tokenizes it; a writer
+    thread overlaps the disk writes with the tokenizing."""
 
-    def __init__(self, prefix: str, config: PretrainConfig, dtype: np.dtype, writes: BackgroundCalls) -> None:
-        self.prefix, self.config, self.writes = prefix, config, writes
-        self.writers = {k: IdxmapWriter(output_prefix_for(prefix, k), dtype, SCRATCH_FILES)
-                        for k in config.json_keys}
-        self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
+    def __init__(self, prefix: str, *, json_keys: tuple[str, ...], dtype: str) -> None:
+        self.writers = {k: IdxmapWriter(output_prefix_for(prefix, k), dtype, SCRATCH_FILES) for k in json_keys}
         self.counts = {"read": 0, "written": 0, "rejected": 0, "empty": 0,
-                       "keys": {k: asdict(KeyCounts()) for k in config.json_keys}}
+                       "keys": {k: asdict(KeyCounts()) for k in json_keys}}
+        self.writes = BackgroundCalls()
 
-    def add(self, chunk, result, where) -> tuple[int, int]:
-        report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
+    def add(self, result) -> tuple[int, int]:
         tokens = 0
         for key, docs in result.keys.items():
             self.writes.submit(self.writers[key].add_documents, docs.tokens, docs.sequence_lengths,
-                                   docs.sequences_per_document)
+                               docs.sequences_per_document)
             counts = self.counts["keys"][key]
             counts["documents"] += len(docs.sequences_per_document)
             counts["sequences"] += len(docs.sequence_lengths)
@@ -177,20 +174,18 @@ class PretrainShard:
         return result.written, tokens
 
     def finalize(self) -> tuple[dict, list[str]]:
+        self.writes.drain()
+        self.writes.close()
         files = []
         for writer in self.writers.values():
             writer.finalize()
             files += [os.path.basename(writer.prefix) + ".bin", os.path.basename(writer.prefix) + ".idx"]
-        if self.rejects is not None:
-            self.rejects.finalize()
-            files.append(os.path.basename(self.rejects.path))
         return self.counts, files
 
     def abort(self) -> None:
+        self.writes.close()
         for writer in self.writers.values():
             writer.abort()
-        if self.rejects is not None:
-            self.rejects.abort()
 
 
 def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
@@ -208,11 +203,12 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
     what = {"command": "pretrain", "tokenizer": tokenizer_identity(tok),
             "options": {"json_keys": list(config.json_keys), "append_eod": config.append_eod,
                         "eod": tok.eod, "dtype": dtype.name, "skip_bad_records": config.skip_bad_records}}
+    job = ShardJob(encode=partial(encode_chunk, options),
+                   open_output=partial(PretrainShard, json_keys=config.json_keys, dtype=dtype.name),
+                   json_keys=config.json_keys, chunk_bytes=config.chunk_bytes,
+                   stop_at_first_reject=not config.skip_bad_records, driver_pid=os.getpid())
     merger = PretrainMerger(config, prefixes, dtype)
-    work, markers = produce_shards(
-        config, files, trusted, partial(encode_chunk, options), list(config.json_keys),
-        lambda prefix, writes: PretrainShard(prefix, config, dtype, writes), merger, what,
-        desc="pretrain", log=log)
+    work, markers = produce_shards(config, files, trusted, job, merger, what, desc="pretrain", log=log)
     try:
         for marker in markers:
             counts = marker["counts"]

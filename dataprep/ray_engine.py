@@ -1,10 +1,11 @@
 """``--engine ray``: the shards of a run as Ray tasks, on one machine or a whole Ray cluster.
 
-Each task reads one shard (a byte range or a whole file) and tokenizes it with the engine the
-driver trusted after its probe (the engine spec carries the tokenizer.json text, so nodes need
-no copy of the tokenizer directory for the fast engines). Tasks return their chunk results
-through Ray's object store; the driver consumes them in shard order and writes the shards'
-outputs, markers and the final merge exactly as the local engine does, so the bytes are the same.
+Each task produces one shard (a byte range or a whole file) exactly as a local worker does,
+with the engine the driver trusted after its probe (the engine spec carries the tokenizer.json
+text, so nodes need no copy of the tokenizer directory for the fast engines), in a temporary
+directory of its node. The shard's files come back through Ray's object store; the driver writes
+them into the work directory and merges the shards in order as the local engine does, so the
+bytes are the same.
 
 Inputs must be readable from every node at the same path: a shared filesystem or URLs
 (``s3://…``). Ray is an optional dependency: ``pip install 'megatron-dataprep[ray]'``.
@@ -13,19 +14,21 @@ Inputs must be readable from every node at the same path: a shared filesystem or
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import deque
-from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Iterator
 
 from dataprep.errors import DataprepError
-from dataprep.sources import Chunk, ChunkReader, Piece
+from dataprep.shards import ShardDone, produce_shard
+from dataprep.sources import Piece
 
 _SPEC = None  # the engine spec this Ray worker process has built
 
 
-def _encode_piece(spec, encode: Callable[[Chunk], object], piece: Piece, json_keys: list[str],
-                  chunk_bytes: int) -> list[tuple[Chunk, object]]:
-    """Runs inside a Ray worker: every chunk of one shard, encoded."""
+def _produce_remote(spec, job, piece: Piece) -> tuple[ShardDone, dict[str, bytes]]:
+    """Runs inside a Ray worker: one shard produced in a temporary directory of that node, its
+    files returned as bytes (the driver writes them into the work directory)."""
     global _SPEC
     from dataprep.documents import init_worker
     from dataprep.executor import single_thread_engines
@@ -34,8 +37,13 @@ def _encode_piece(spec, encode: Callable[[Chunk], object], piece: Piece, json_ke
         single_thread_engines()
         init_worker(spec)
         _SPEC = spec
-    return [(replace(chunk, data=None), encode(chunk))  # the driver needs no copy of the input
-            for chunk in ChunkReader([], json_keys, chunk_bytes, pieces=[piece])]
+    with tempfile.TemporaryDirectory(prefix="dataprep-ray-shard-") as tmp:
+        done = produce_shard(job, piece, os.path.join(tmp, f"shard-{piece.shard:06d}"))
+        blobs = {}
+        for name in done.files:
+            with open(os.path.join(tmp, name), "rb") as f:
+                blobs[name] = f.read()
+    return done, blobs
 
 
 def _ray():
@@ -60,10 +68,11 @@ def _check_reachable(address: str) -> None:
         raise DataprepError(f"cannot start or join Ray at {address}: {exc}") from None
 
 
-def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, json_keys: list[str],
-                  chunk_bytes: int, address: str | None, cpus: int) -> Iterator[tuple[Chunk, object]]:
-    """(chunk, result) of every piece, in order, computed by Ray tasks (one per cluster CPU in
-    flight, plus two, so memory stays bounded)."""
+def produced_shards(job, items: list[tuple[Piece, str]], spec, address: str | None,
+                    cpus: int) -> Iterator[ShardDone]:
+    """Each (piece, local prefix) produced by a Ray task, in order; the shard's files are written
+    at the prefix on this machine. One task per cluster CPU runs at a time, plus two whose results
+    wait, so memory stays bounded."""
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -77,32 +86,34 @@ def shard_results(pieces: list[Piece], encode: Callable[[Chunk], object], spec, 
                          log_to_driver=False)
         except Exception as exc:  # connection refused, bad address…
             raise DataprepError(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
+    pending: deque = deque()
     try:
-        task = ray.remote(num_cpus=1, max_retries=3)(_encode_piece)
-        spec_ref, encode_ref = ray.put(spec), ray.put(encode)
-        # a task holds its shard's tokens until the driver takes them, in order: one per CPU
-        # running plus two ready keeps the cluster busy and the object store small
+        task = ray.remote(num_cpus=1, max_retries=3)(_produce_remote)
+        spec_ref, job_ref = ray.put(spec), ray.put(job)
         window = int(ray.cluster_resources().get("CPU", cpus)) + 2
-        pending: deque = deque()
-        todo = iter(pieces)
-        for piece in todo:
-            pending.append(task.remote(spec_ref, encode_ref, piece, json_keys, chunk_bytes))
+        todo = iter(items)
+        for piece, prefix in todo:
+            pending.append((prefix, task.remote(spec_ref, job_ref, piece)))
             if len(pending) >= window:
                 break
         while pending:
+            prefix, ref = pending.popleft()
             try:
-                results = ray.get(pending.popleft())
+                done, blobs = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, DataprepError):
                     raise DataprepError(str(cause)) from None
                 raise DataprepError(f"a Ray task failed: {cause or exc}") from exc
-            piece = next(todo, None)
-            if piece is not None:
-                pending.append(task.remote(spec_ref, encode_ref, piece, json_keys, chunk_bytes))
-            yield from results
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt[1], task.remote(spec_ref, job_ref, nxt[0])))
+            for name, data in blobs.items():
+                with open(os.path.join(os.path.dirname(prefix), name), "wb") as f:
+                    f.write(data)
+            yield done
     finally:
-        for ref in pending if "pending" in locals() else ():
+        for _, ref in pending:
             ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
-
-from dataprep.errors import DataprepError
 
 
 class Rejects:
@@ -29,14 +26,3 @@ class Rejects:
         self._file.close()
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
-
-
-def report_rejects(rejects: Rejects | None, path: str, where: Callable[[int], int], rejected: list,
-                   output_prefix: str) -> None:
-    """A chunk's bad records (``.local`` line index, ``.reason``, ``.record``): fail fast on the
-    first with FILE:LINE, or write each to the rejects file (``--skip-bad-records``)."""
-    for bad in rejected:
-        if rejects is None:
-            raise DataprepError(f"{path}:{where(bad.local)}: {bad.reason} (pass --skip-bad-records to "
-                                f"write bad records to {output_prefix}.rejects.jsonl and go on)")
-        rejects.write(path, where(bad.local), bad.reason, bad.record)

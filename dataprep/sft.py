@@ -29,8 +29,7 @@ from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, human_size
 from dataprep.packing import ALGORITHMS, PackingPlan, pack
 from dataprep.pretrain import tokenizer_identity
-from dataprep.rejects import Rejects, report_rejects
-from dataprep.shards import JoinedRejects, produce_shards
+from dataprep.shards import JoinedRejects, ShardJob, produce_shards
 from dataprep.sft_records import SFTOptions, encode_sft_chunk
 from dataprep.sources import ChunkReader, expand_inputs, read_chunk_lines
 from dataprep.storage import FILES
@@ -223,19 +222,19 @@ def run_sft(config: SFTConfig, log=print) -> SFTSummary:
 
 
 class SFTShard:
-    """One shard's records (native layout: ids + loss masks) and rejects, in the work directory."""
+    """One shard's records (native layout: ids + loss masks), written by the worker that
+    tokenizes it; a writer thread overlaps the disk writes with the tokenizing."""
 
     COUNTS = ("read", "written", "rejected", "dropped_prompt", "dropped_long", "truncated", "tokens",
               "trained_tokens", "max_length")
 
-    def __init__(self, prefix: str, config: SFTConfig, dtype: str, writes: BackgroundCalls) -> None:
-        self.prefix, self.config, self.writes = prefix, config, writes
+    def __init__(self, prefix: str, *, dtype: str) -> None:
+        self.prefix = prefix
         self.writer = NativeSFTWriter(prefix, dtype, SCRATCH_FILES)
-        self.rejects = Rejects(f"{prefix}.rejects.jsonl") if config.skip_bad_records else None
         self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.writes = BackgroundCalls()
 
-    def add(self, chunk, result, where) -> tuple[int, int]:
-        report_rejects(self.rejects, chunk.path, where, result.rejected, self.config.output_prefix)
+    def add(self, result) -> tuple[int, int]:
         if result.written:
             self.writes.submit(self.writer.add_records, result.ids, result.mask, result.lengths)
         c = self.counts
@@ -252,18 +251,16 @@ class SFTShard:
         return result.written, len(result.ids)
 
     def finalize(self) -> tuple[dict, list[str]]:
+        self.writes.drain()
+        self.writes.close()
         self.writer.finalize()
         files = [os.path.basename(p) + ext for p in (tokens_prefix(self.prefix), mask_prefix(self.prefix))
                  for ext in (".bin", ".idx")]
-        if self.rejects is not None:
-            self.rejects.finalize()
-            files.append(os.path.basename(self.rejects.path))
         return self.counts, files
 
     def abort(self) -> None:
+        self.writes.close()
         self.writer.abort()
-        if self.rejects is not None:
-            self.rejects.abort()
 
 
 def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: SFTOptions,
@@ -284,10 +281,11 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
     merger = SFTMerger(records_prefix, options.dtype, LOCAL_FILES if records_dir else FILES,
                        f"{config.output_prefix}.rejects.jsonl" if config.skip_bad_records else None)
     try:
-        work, markers = produce_shards(
-            config, files, trusted, partial(encode_sft_chunk, options), [],
-            lambda prefix, writes: SFTShard(prefix, config, options.dtype, writes), merger, what,
-            desc="sft", log=log)
+        job = ShardJob(encode=partial(encode_sft_chunk, options),
+                       open_output=partial(SFTShard, dtype=options.dtype), json_keys=(),
+                       chunk_bytes=config.chunk_bytes, stop_at_first_reject=not config.skip_bad_records,
+                       driver_pid=os.getpid())
+        work, markers = produce_shards(config, files, trusted, job, merger, what, desc="sft", log=log)
     except BaseException:
         if records_dir:
             shutil.rmtree(records_dir, ignore_errors=True)

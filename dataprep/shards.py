@@ -31,11 +31,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Protocol
 
 from dataprep import storage
 from dataprep.errors import DataprepError
 from dataprep.executor import BackgroundCalls, Progress
+from dataprep.rejects import Rejects
 from dataprep.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
 from dataprep.workers import DEFAULT_SHARD_BYTES
 
@@ -85,17 +87,74 @@ def plan_shards(files: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> lis
 
 
 class ShardOutput(Protocol):
-    """A shard's outputs while they are written (one per command)."""
+    """A shard's outputs while a worker writes them (one class per command)."""
 
-    def add(self, chunk: Chunk, result, where: Callable[[int], int]) -> tuple[int, int]:
-        """Count one chunk's results and hand their writes to the writer thread; `where(local)` is
-        the absolute line of a chunk line. Returns (records written, tokens) for the progress bar."""
+    def add(self, result) -> tuple[int, int]:
+        """Count one chunk's results and write them; returns (records written, tokens)."""
 
     def finalize(self) -> tuple[dict, list[str]]:
-        """Complete the outputs (on the writer thread); returns (counts for the marker, names of
-        the files written)."""
+        """Complete the outputs; returns (counts for the marker, names of the files written)."""
 
     def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to produce any shard of a run (picklable)."""
+
+    encode: Callable[[Chunk], object]
+    """chunk → result (`ids`/`keys`, `rejected`, `n_lines`…), with the worker's engine."""
+    open_output: Callable[[str], ShardOutput]
+    """local prefix → the shard's writer."""
+    json_keys: tuple[str, ...]
+    chunk_bytes: int
+    stop_at_first_reject: bool
+    driver_pid: int
+    """The process that merges (killed by the ``mid-shard`` test fault)."""
+
+
+@dataclass
+class ShardDone:
+    """A produced shard, as the worker reports it to the driver."""
+
+    counts: dict
+    files: list[str]
+    lines: int
+    written: int
+    tokens: int
+    rejected: list[tuple[int, str, str]]
+    """(line within the shard, 1-based; reason; record)."""
+    complete: bool = True
+    """False when it stopped at a bad record (without --skip-bad-records)."""
+
+
+def produce_shard(job: ShardJob, piece: Piece, prefix: str) -> ShardDone:
+    """In a worker: read, tokenize and write one shard's outputs under the local `prefix`."""
+    output = job.open_output(prefix)
+    numbers = LineNumbers()
+    done = ShardDone(counts={}, files=[], lines=0, written=0, tokens=0, rejected=[])
+    try:
+        for chunk in ChunkReader([], list(job.json_keys), job.chunk_bytes, pieces=[piece]):
+            result = job.encode(chunk)
+            where = numbers.resolver(chunk, result.n_lines)
+            done.rejected += [(where(bad.local), bad.reason, bad.record) for bad in result.rejected]
+            written, tokens = output.add(result)
+            done.lines += result.n_lines
+            done.written += written
+            done.tokens += tokens
+            if os.environ.get("DATAPREP_FAULT") == f"mid-shard:{piece.shard}":
+                import signal
+
+                os.kill(job.driver_pid, signal.SIGKILL)
+            if done.rejected and job.stop_at_first_reject:
+                output.abort()
+                done.complete = False
+                return done
+        done.counts, done.files = output.finalize()
+    except BaseException:
+        output.abort()
+        raise
+    return done
 
 
 class Merger(Protocol):
@@ -276,21 +335,18 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str, BackgroundCalls], ShardOutput],
-               results: Callable[[list[Shard]], Iterator[tuple[Chunk, object]]], progress: Progress,
-               merger: Merger) -> list[dict]:
-    """Produce every unmarked shard from `results(pending)` ((chunk, result) pairs in chunk order),
-    mark it done and append it to `merger`; returns every shard's marker, in shard order.
+def run_shards(shards: list[Shard], work: WorkDir, done_shards: Iterator[ShardDone], progress: Progress,
+               merger: Merger, rejects_hint: str | None) -> list[dict]:
+    """Take the produced shards (`done_shards`: one ShardDone per unmarked shard, in shard order),
+    mark each done and append every shard to `merger`, in order; returns the markers.
 
-    One writer thread does every write in order: a shard's outputs, its append to the final
-    outputs, its marker. The main thread meanwhile keeps taking results, and the final files are
-    written as the run goes (the kernel writes them back early), not copied at the end."""
-    pending = [s for s in shards if s.index not in work.markers]
-    progress.resume(sum(s.bytes for s in shards if s.index in work.markers), len(shards) - len(pending),
-                    len(shards))
-    stream = _Peekable(results(pending)) if pending else _Peekable(iter(()))
+    Bad records are reported here, in input order: the first one stops the run with FILE:LINE
+    unless `rejects_hint` is None (--skip-bad-records), which writes them to the shard's rejects
+    file instead. A writer thread appends each shard to the final outputs (in the kernel) and
+    writes its marker, while the workers go on with the next shards."""
+    progress.resume(sum(s.bytes for s in shards if s.index in work.markers),
+                    sum(s.index in work.markers for s in shards), len(shards))
     writes = BackgroundCalls()
-    unfinished: list[ShardOutput] = []
     next_line: dict[int, int] = {}  # per input file: its next absolute line
     try:
         for shard in shards:
@@ -300,16 +356,19 @@ def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str, B
                 writes.submit(_merge_done, work, shard, merger)
                 lines = marker["lines"]
             else:
-                lines = _produce(shard, first, work, open_output, stream, progress, writes, unfinished, merger)
+                done = next(done_shards)
+                lines = done.lines
+                files = done.files + _rejects_file(work, shard, first, done, rejects_hint)
+                progress.update(shard.bytes, done.written, done.tokens)
+                writes.submit(_finish, work, shard, merger, progress, files,
+                              {"path": storage.absolute(shard.path), "start": shard.start, "end": shard.end,
+                               "lines": done.lines, "counts": done.counts})
             next_line[shard.file_index] = first + lines
         writes.drain()
     except BaseException as exc:
         if isinstance(exc, Exception):  # e.g. a bad record: the shards before it still get marked
             with contextlib.suppress(Exception):
                 writes.drain()
-        writes.close()
-        for output in unfinished:
-            output.abort()
         raise
     finally:
         writes.close()
@@ -317,58 +376,42 @@ def run_shards(shards: list[Shard], work: WorkDir, open_output: Callable[[str, B
     return [work.markers[s.index] for s in shards]
 
 
+def _rejects_file(work: WorkDir, shard: Shard, first_line: int, done: ShardDone,
+                  rejects_hint: str | None) -> list[str]:
+    """Report the shard's bad records at their absolute lines: fail on the first (no
+    --skip-bad-records), or write them to the shard's rejects file (its name is returned)."""
+    at = [(first_line - 1 + line, reason, record) for line, reason, record in done.rejected]
+    if rejects_hint is not None:
+        if at or not done.complete:
+            line, reason, _ = at[0]
+            raise DataprepError(f"{shard.path}:{line}: {reason} (pass --skip-bad-records to write bad "
+                                f"records to {rejects_hint} and go on)")
+        return []
+    rejects = Rejects(work.local_prefix(shard) + ".rejects.jsonl")
+    for line, reason, record in at:
+        rejects.write(shard.path, line, reason, record)
+    rejects.finalize()
+    return [os.path.basename(rejects.path)]
+
+
 def _merge_done(work: WorkDir, shard: Shard, merger: Merger) -> None:
     with work.fetched(shard) as prefix:
         merger.add(prefix)
 
 
-def _produce(shard: Shard, first_line: int, work: WorkDir, open_output, stream: "_Peekable",
-             progress: Progress, writes: BackgroundCalls, unfinished: list, merger: Merger) -> int:
-    """Take the shard's results from the stream; its completion goes to the writer thread.
-    Returns its line count."""
-    output = open_output(work.local_prefix(shard), writes)
-    unfinished.append(output)
-    numbers = LineNumbers()
-    numbers.start_at(shard.file_index, first_line)
-    lines = 0
-    while (item := stream.peek()) is not None and item[0].shard == shard.index:
-        chunk, result = next(stream)
-        written, tokens = output.add(chunk, result, numbers.resolver(chunk, result.n_lines))
-        progress.update(chunk.source_bytes, written, tokens)
-        lines += result.n_lines
-        fault(f"mid-shard:{shard.index}")
-
-    def finish() -> None:
-        counts, files = output.finalize()
-        unfinished.remove(output)
-        merger.add(work.local_prefix(shard))
-        work.publish(shard, files, {"path": storage.absolute(shard.path), "start": shard.start,
-                                    "end": shard.end, "lines": lines, "counts": counts})
-        progress.shard_done()
-        fault(f"shard-done:{shard.index}")
-
-    writes.submit(finish)
-    return lines
+def _finish(work: WorkDir, shard: Shard, merger: Merger, progress: Progress, files: list[str],
+            marker: dict) -> None:
+    merger.add(work.local_prefix(shard))
+    work.publish(shard, files, marker)
+    progress.shard_done()
+    fault(f"shard-done:{shard.index}")
 
 
-class _Peekable:
-    def __init__(self, it: Iterator) -> None:
-        self._it, self._head, self._has = it, None, False
-
-    def peek(self):
-        if not self._has:
-            self._head, self._has = next(self._it, None), True
-        return self._head
-
-    def __next__(self):
-        item = self.peek()
-        self._has = False
-        return item
+def _produce_item(job: ShardJob, item: tuple[Piece, str]) -> ShardDone:
+    return produce_shard(job, *item)
 
 
-def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], object],
-                   json_keys: list[str], open_output: Callable[[str, BackgroundCalls], ShardOutput],
-                   merger: Merger, what: dict, desc: str,
+def produce_shards(config, files: list[str], trusted, job: ShardJob, merger: Merger, what: dict, desc: str,
                    log: Callable[[str], None]) -> tuple[WorkDir, list[dict]]:
     """Plan the shards, open (or resume) the work directory, produce every shard not yet done
     with the run's engine and append every shard to `merger`, in order. `what` (command,
@@ -389,20 +432,20 @@ def produce_shards(config, files: list[str], trusted, encode: Callable[[Chunk], 
         raise
     if work.markers:
         log(f"resuming from {work.root}: {len(work.markers)} of {len(shards)} shards already done")
+    items = [(s.piece(), work.local_prefix(s)) for s in shards if s.index not in work.markers]
+    if config.engine == "ray":
+        from dataprep.ray_engine import produced_shards
 
-    def results(pending: list[Shard]) -> Iterator[tuple[Chunk, object]]:
-        pieces = [s.piece() for s in pending]
-        if config.engine == "ray":
-            from dataprep.ray_engine import shard_results
-
-            return shard_results(pieces, encode, trusted.tokenizer.engine_spec(trusted.engine), json_keys,
-                                 config.chunk_bytes, config.ray_address, config.workers)
-        return trusted.executor.map(encode, ChunkReader([], json_keys, config.chunk_bytes, pieces=pieces))
-
+        done = produced_shards(job, items, trusted.tokenizer.engine_spec(trusted.engine), config.ray_address,
+                               config.workers)
+    else:
+        done = (result for _, result in trusted.executor.map(partial(_produce_item, job), items))
     progress = Progress(sum(s.bytes for s in shards), config.progress, desc=desc)
     try:
-        markers = run_shards(shards, work, open_output, results, progress, merger)
+        markers = run_shards(shards, work, done, progress, merger,
+                             None if config.skip_bad_records else f"{config.output_prefix}.rejects.jsonl")
     except BaseException:
+        trusted.executor.terminate()  # no worker may write into the directory after this
         merger.abort()
         work.abandon()
         raise
