@@ -2,8 +2,8 @@
 
 A run's input is cut into shards that depend only on the input files and ``--shard-bytes``:
 a byte range of an uncompressed jsonl file (cut at line ends), or a whole file when it cannot be
-cut (compressed, a JSON array, parquet). Each shard is tokenized into its own small outputs in
-``{OUTPUT_PREFIX}.work/`` and then marked done:
+cut (compressed, a JSON array, parquet). A worker (or a Ray task) tokenizes a whole shard into
+its own small outputs in ``{OUTPUT_PREFIX}.work/``; the main process then marks it done:
 
     {OUTPUT_PREFIX}.work/
         manifest.json               what the run is: command, options, tokenizer, inputs, shards
@@ -13,14 +13,14 @@ cut (compressed, a JSON array, parquet). Each shard is tokenized into its own sm
                                     lists them with their sizes (checked before reuse)
         .lock                       held while a run uses the directory (local directories)
 
-The final outputs are the shards' outputs concatenated in shard order (`merge`), so they are
-byte-identical to an uninterrupted run however often the run was interrupted, and whichever
+The final outputs are the shards' outputs concatenated in shard order (a `Merger` appends each
+finished shard as it is marked), so they are byte-identical to an uninterrupted run however often the run was interrupted, and whichever
 engine produced the shards. A rerun of the same command skips the marked shards; a rerun with
 other options or changed inputs is refused (``--restart`` discards the directory). The
 directory is removed once the final outputs are complete, unless ``--keep-work``.
 
-Shards are consumed in order, so a shard's first line number is known from the line counts of
-the shards before it, and errors name absolute FILE:LINE positions even across resumes.
+Shards are taken in order, so a shard's first line number is known from the line counts of the
+shards before it, and errors name absolute FILE:LINE positions even across resumes.
 """
 
 from __future__ import annotations
@@ -142,10 +142,7 @@ def produce_shard(job: ShardJob, piece: Piece, prefix: str) -> ShardDone:
             done.lines += result.n_lines
             done.written += written
             done.tokens += tokens
-            if os.environ.get("DATAPREP_FAULT") == f"mid-shard:{piece.shard}":
-                import signal
-
-                os.kill(job.driver_pid, signal.SIGKILL)
+            fault(f"mid-shard:{piece.shard}", job.driver_pid)
             if done.rejected and job.stop_at_first_reject:
                 output.abort()
                 done.complete = False
@@ -325,14 +322,15 @@ class WorkDir:
             self._lock = None
 
 
-def fault(point: str) -> None:
-    """Test hook: DATAPREP_FAULT=<point> kills this process with SIGKILL at that point
-    (``shard-done:N`` after shard N's marker, ``mid-shard:N`` inside shard N, ``merge`` during
-    the final merge), so tests can check resuming after a crash at an exact moment."""
+def fault(point: str, pid: int | None = None) -> None:
+    """Test hook: DATAPREP_FAULT=<point> kills the run (`pid`, default this process) with SIGKILL
+    at that point (``shard-done:N`` after shard N's marker, ``mid-shard:N`` inside shard N,
+    ``merge`` before the final files are published), so tests can check resuming after a crash
+    at an exact moment."""
     if os.environ.get("DATAPREP_FAULT") == point:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(pid or os.getpid(), signal.SIGKILL)
 
 
 def run_shards(shards: list[Shard], work: WorkDir, done_shards: Iterator[ShardDone], progress: Progress,
