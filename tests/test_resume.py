@@ -225,3 +225,16 @@ def test_sft_kill_then_resume_gives_the_uninterrupted_bytes(sft_input, tmp_path,
     assert outputs(prefix, names) == outputs(ref, names)
     with IdxmapReader(f"{prefix}_text_document") as r:
         assert len(r) > 0
+
+
+def test_sft_packing_options_may_change_on_resume(sft_input, tmp_path):
+    """The shards hold records, not rows: a run killed as native resumes as packed Pai rows."""
+    pai = ["--layout", "pai", "--packing"]
+    ref = tmp_path / "ref" / "ds"
+    assert run(*sft_args(sft_input, ref, *pai)).returncode == 0
+    prefix = tmp_path / "ds"
+    assert run(*sft_args(sft_input, prefix), fault="shard-done:1").returncode == -signal.SIGKILL
+    resumed = run(*sft_args(sft_input, prefix, *pai))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 of " in resumed.stderr
+    assert outputs(prefix, SFT_OUT[:3]) == outputs(ref, SFT_OUT[:3])
