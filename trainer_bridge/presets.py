@@ -52,13 +52,15 @@ class ModelPreset:
     rotary_base: float = 1_000_000.0
     norm_epsilon: float = 1e-6
     qk_layernorm: bool = True
+    add_qkv_bias: bool = False
+    """Biases on the q/k/v projections (Qwen2/Qwen2.5; Qwen3 has none)."""
     tie_word_embeddings: bool = False
     num_experts: int | None = None
     """MoE: routed experts per layer (None: dense)."""
     moe_router_topk: int = 0
     moe_ffn_hidden_size: int | None = None
     hf_model_type: str = "qwen3"
-    """The transformers config class it mirrors (qwen3, qwen3_moe)."""
+    """The transformers config class it mirrors (qwen2, qwen3, qwen3_moe)."""
     moe_norm_topk_prob: bool = True
     """MoE: renormalise the top-k routing weights to sum to 1 (HF `norm_topk_prob`)."""
     hf_repo: str | None = None
@@ -120,6 +122,38 @@ def get_preset(name: str) -> ModelPreset:
     raise ValueError(f"unknown MODEL_SIZE {name!r}; known: {', '.join(PRESETS)}")
 
 
+HF_FAMILIES = ("qwen2", "qwen3", "qwen3_moe")
+
+
+def preset_from_hf(config: dict, name: str = "hf") -> ModelPreset:
+    """The architecture of a Hugging Face `config.json` (Qwen2/Qwen2.5, Qwen3, Qwen3-MoE)."""
+    family = config.get("model_type")
+    if family not in HF_FAMILIES:
+        raise ValueError(f"model_type {family!r} is not supported; known: {', '.join(HF_FAMILIES)}")
+    rope = config.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    if (rope.get("rope_type") or "default") != "default" or config.get("rope_scaling"):
+        raise ValueError(f"RoPE scaling {rope.get('rope_type') or config.get('rope_scaling')!r} is not supported")
+    heads = config["num_attention_heads"]
+    moe = {}
+    if family == "qwen3_moe":
+        if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+            raise ValueError("Qwen3-MoE with dense layers (mlp_only_layers, decoder_sparse_step) is not supported")
+        experts = config.get("num_experts", config.get("num_local_experts"))  # transformers 5 writes the latter
+        moe = dict(num_experts=experts, moe_router_topk=config["num_experts_per_tok"],
+                   moe_ffn_hidden_size=config["moe_intermediate_size"],
+                   moe_norm_topk_prob=bool(config.get("norm_topk_prob", True)))
+    return ModelPreset(
+        name=name, hf_model_type=family, num_layers=config["num_hidden_layers"],
+        hidden_size=config["hidden_size"], ffn_hidden_size=config["intermediate_size"],
+        num_attention_heads=heads, num_query_groups=config.get("num_key_value_heads") or heads,
+        kv_channels=config.get("head_dim") or config["hidden_size"] // heads,
+        vocab_size=config["vocab_size"], max_position_embeddings=config["max_position_embeddings"],
+        rotary_base=float(theta), norm_epsilon=config.get("rms_norm_eps", 1e-6),
+        qk_layernorm=family != "qwen2", add_qkv_bias=family == "qwen2",
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), **moe)
+
+
 # -- transformers ------------------------------------------------------------------------------
 def hf_config(preset: ModelPreset):
     """The `transformers` Qwen3Config / Qwen3MoeConfig of the preset's architecture."""
@@ -177,7 +211,7 @@ def transformer_config_kwargs(preset: ModelPreset) -> dict[str, Any]:
         "gated_linear_unit": True,  # SwiGLU: silu(gate) * up
         "activation_func": torch.nn.functional.silu,
         "add_bias_linear": False,
-        "add_qkv_bias": False,  # Qwen3 (unlike Qwen2) has no qkv bias
+        "add_qkv_bias": preset.add_qkv_bias,  # Qwen2 has q/k/v biases, Qwen3 none
         "qk_layernorm": preset.qk_layernorm,
     }
     if preset.is_moe:
@@ -228,6 +262,8 @@ def param_count(preset: ModelPreset) -> int:
     attention = h * (q_width + 2 * kv_width) + q_width * h      # linear_qkv + linear_proj
     if preset.qk_layernorm:
         attention += 2 * kv                                     # q_layernorm, k_layernorm (per head dim)
+    if preset.add_qkv_bias:
+        attention += q_width + 2 * kv_width                     # linear_qkv.bias
     if preset.is_moe:
         expert = 3 * h * preset.moe_ffn_hidden_size             # fc1 (gate, up) + fc2
         mlp = preset.num_experts * expert + preset.num_experts * h   # experts + router (no bias)

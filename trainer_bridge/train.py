@@ -171,13 +171,14 @@ def uses_transformer_engine() -> bool:
     return True
 
 
-def build_model(config: TrainConfig, cpu: bool):
+def build_model(config: TrainConfig, cpu: bool, preset=None):
+    """The GPTModel of `preset` (default: config.model_size's) in the current parallel layout."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from trainer_bridge.presets import get_preset, gpt_model_kwargs, layer_spec, transformer_config_kwargs
 
-    preset = get_preset(config.model_size)
+    preset = preset or get_preset(config.model_size)
     recompute = {}
     if config.recompute == "sel":
         recompute = {"recompute_granularity": "selective"}
