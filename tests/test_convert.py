@@ -103,3 +103,51 @@ def test_unknown_family_is_one_line(tmp_path):
                           timeout=300, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: model_type 'llama' is not supported")
+
+
+TP_SCRIPT = r'''
+import json, sys, torch
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from trainer_bridge import cpu_compat
+from trainer_bridge.checkpoint import converted_hf
+from trainer_bridge.train import build_model, init_distributed, parse_args
+hf_dir, tokens = sys.argv[1], json.loads(sys.argv[2])
+init_distributed()
+cpu_compat.enable()
+parallel_state.initialize_model_parallel(tensor_model_parallel_size=2)
+tensor_parallel.model_parallel_cuda_manual_seed(0, inference_rng_tracker=True, force_reset_rng=True)
+config = parse_args(["--model-size", "hf", "--load", hf_dir, "--data-path", "-", "--train-iters", "1",
+                     "--tensor-model-parallel-size", "2", "--precision", "fp32"])
+model, _ = build_model(config, cpu=True)
+state = dist_checkpointing.load({"model": model.sharded_state_dict(prefix="")}, converted_hf(hf_dir, config.preset()))
+model.load_state_dict(state["model"], strict=False)
+model.eval()
+ids = torch.tensor([tokens])
+pos = torch.arange(len(tokens)).unsqueeze(0)
+mask = torch.triu(torch.ones(1, 1, len(tokens), len(tokens), dtype=torch.bool), diagonal=1)
+with torch.no_grad():
+    logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(ids, pos, mask))
+if torch.distributed.get_rank() == 0:
+    print("LOGITS " + json.dumps(logits[0].tolist()))
+'''
+
+
+def test_hf_directory_loads_into_tp2_with_the_same_logits(tmp_path):
+    """An HF directory given as --load is converted once (cached) and loads into a TP=2 model on
+    two gloo processes; the logits are the HF model's."""
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_model("qwen3", False, tmp_path / "hf")
+    tokens = [5, 1, 77, 20, 33, 8]
+    env = cli_env(DATAPREP_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29547", "--no-python", sys.executable, "-c",
+                           TP_SCRIPT, str(src), json.dumps(tokens)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("LOGITS "))
+    got = torch.tensor(json.loads(line[len("LOGITS "):]))
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(str(src)).eval()(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # converted once, cached

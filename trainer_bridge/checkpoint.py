@@ -4,7 +4,8 @@
 parallel layout can load it) plus the scheduler, the random generators, the iteration and the
 consumed-sample count (the data position), and ``{save}/latest_checkpointed_iteration.txt`` (Megatron's name) names the latest
 complete one: it is replaced atomically after the checkpoint is fully written, so a crash while
-saving resumes from the previous checkpoint. ``--load`` gives starting weights only.
+saving resumes from the previous checkpoint. ``--load`` gives starting weights only: a
+megatron-core checkpoint, or a Hugging Face model directory (converted once, `convert.py`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,46 @@ def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> st
     return path
 
 
+def converted_hf(path: str, wanted) -> str:
+    """`path` itself, or for a Hugging Face model directory (it has a config.json) its
+    megatron-core conversion, made once by rank 0 and cached under $DATAPREP_CACHE/hf2mcore
+    (keyed by the path and its files' sizes and times)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    from dataset_engine.sft import default_cache_dir
+    from trainer_bridge.presets import preset_from_hf, same_architecture
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        found = preset_from_hf(json.load(f))
+    if not same_architecture(found, wanted):
+        raise ValueError(f"{path}: its config.json is not the architecture of MODEL_SIZE {wanted.name} "
+                         f"(--model-size hf takes the directory's own)")
+    key = hashlib.blake2b(digest_size=12)
+    key.update(os.path.abspath(path).encode())
+    for name in sorted(os.listdir(path)):
+        st = os.stat(os.path.join(path, name))
+        key.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    target = os.path.join(default_cache_dir(), "hf2mcore", key.hexdigest())
+    if torch.distributed.get_rank() == 0 and not os.path.isdir(target):
+        tmp = f"{target}.tmp-{os.getpid()}"
+        # a process of its own, outside this job's process group and torchrun's rendezvous
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "GROUP_", "ROLE_"))
+               and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        done = subprocess.run([sys.executable, "-m", "trainer_bridge.convert", "hf2mcore", "--load", path,
+                               "--save", tmp], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"{path}: converting to megatron-core failed: "
+                             f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        os.replace(tmp, target)
+    torch.distributed.barrier()
+    return target
+
+
 def load(config, ddp, optimizer, scheduler) -> dict | None:
     """Resume from the latest checkpoint in --save (model, optimizer, scheduler, position), else
     start from --load's weights; None when there is nothing to load."""
@@ -95,7 +136,7 @@ def load(config, ddp, optimizer, scheduler) -> dict | None:
         return {"iteration": int(state["iteration"]), "consumed_samples": int(state["consumed_samples"])}
     if config.load:
         model = _model_state(ddp)
-        state = dist_checkpointing.load({"model": model}, config.load)
+        state = dist_checkpointing.load({"model": model}, converted_hf(config.load, config.preset()))
         target = ddp.module.module if hasattr(ddp.module, "module") else ddp.module
         target.load_state_dict(state["model"])
     return None

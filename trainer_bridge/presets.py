@@ -123,6 +123,17 @@ def get_preset(name: str) -> ModelPreset:
 
 
 HF_FAMILIES = ("qwen2", "qwen3", "qwen3_moe")
+_ARCHITECTURE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+                 "vocab_size", "rotary_base", "norm_epsilon", "qk_layernorm", "add_qkv_bias",
+                 "tie_word_embeddings", "num_experts", "moe_router_topk", "moe_ffn_hidden_size")
+
+
+def same_architecture(a: ModelPreset, b: ModelPreset) -> bool:
+    """Whether two presets describe the same tensors and computation (names and position limits
+    aside; a MoE model's dense width is unused)."""
+    dense = () if a.is_moe else ("ffn_hidden_size",)
+    return all(getattr(a, f) == getattr(b, f) for f in _ARCHITECTURE + dense) and \
+        (not a.is_moe or a.moe_norm_topk_prob == b.moe_norm_topk_prob)
 
 
 def preset_from_hf(config: dict, name: str = "hf") -> ModelPreset:

@@ -85,12 +85,26 @@ class TrainConfig:
                              f"{decay} (--lr-decay-iters, else --train-iters)")
         if self.pad_length is not None and self.pad_length > self.seq_length:
             raise ValueError(f"--pad-length {self.pad_length} exceeds --seq-length {self.seq_length}")
+        if self.model_size.lower() == "hf" and not (self.load and os.path.isfile(os.path.join(self.load, "config.json"))):
+            raise ValueError("--model-size hf takes the architecture from a Hugging Face directory given as --load")
+
+    def preset(self):
+        """The architecture: a named preset, or (`--model-size hf`) the --load directory's config.json."""
+        from trainer_bridge.presets import get_preset, preset_from_hf
+
+        if self.model_size.lower() != "hf":
+            return get_preset(self.model_size)
+        import json
+
+        with open(os.path.join(self.load, "config.json"), encoding="utf-8") as f:
+            return preset_from_hf(json.load(f))
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m trainer_bridge.train", description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--model-size", required=True, help="tiny, 0.6B, 1.7B, 4B, 8B, 14B, 32B, A3B, A22B")
+    a("--model-size", required=True, help="tiny, 0.6B, 1.7B, 4B, 8B, 14B, 32B, A3B, A22B, or hf (the "
+                                          "architecture of the Hugging Face directory given as --load)")
     a("--micro-batch-size", type=int, default=1)
     a("--global-batch-size", type=int, default=8)
     a("--lr", type=float, default=1e-5)
@@ -176,9 +190,9 @@ def build_model(config: TrainConfig, cpu: bool, preset=None):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from trainer_bridge.presets import get_preset, gpt_model_kwargs, layer_spec, transformer_config_kwargs
+    from trainer_bridge.presets import gpt_model_kwargs, layer_spec, transformer_config_kwargs
 
-    preset = preset or get_preset(config.model_size)
+    preset = preset or config.preset()
     recompute = {}
     if config.recompute == "sel":
         recompute = {"recompute_granularity": "selective"}
