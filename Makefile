@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-sft bench-index bench-train bench-scale clean
+.PHONY: install demo test bench bench-sft bench-index bench-train bench-scale bench-convert clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-index: install
 
 bench-scale: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scaling.py
+
+bench-convert: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/convert.py
 
 bench-train: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/train_data.py
