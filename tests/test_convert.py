@@ -151,3 +151,36 @@ def test_hf_directory_loads_into_tp2_with_the_same_logits(tmp_path):
         want = AutoModelForCausalLM.from_pretrained(str(src)).eval()(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # converted once, cached
+
+
+def test_continue_from_hf_then_export(tmp_path):
+    """The users' flow: an HF model as --load (--model-size hf), a few training steps with a
+    checkpoint, then mcore2hf of that checkpoint: transformers loads it, and its weights moved."""
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from dataset_engine.idxmap import IdxmapWriter, write_sidecar
+
+    src = tiny_model("qwen3", False, tmp_path / "hf")
+    prefix = str(tmp_path / "data_text_document")
+    rng = np.random.default_rng(0)
+    with IdxmapWriter(prefix, np.uint16) as writer:
+        for _ in range(64):
+            writer.add_document(np.append(rng.integers(2, 96, int(rng.integers(8, 40))), 1))
+    write_sidecar(prefix, {"tokenizer": {"eod": 1}})
+    save = tmp_path / "ckpt"
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer_bridge.train", "--model-size", "hf", "--load", str(src), "--data-path", prefix,
+         "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3",
+         "--train-iters", "3", "--save", str(save), "--save-interval", "3", "--eval-interval", "100"],
+        env=cli_env(DATAPREP_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    back = tmp_path / "back"
+    run("-m", "trainer_bridge.convert", "mcore2hf", "--load", save / "iter_0000003", "--hf-config", src,
+        "--save", back)
+    model = AutoModelForCausalLM.from_pretrained(str(back))
+    trained = dict(model.state_dict())
+    original = load_file(str(src / "model.safetensors"))
+    assert sorted(k for k in trained) == sorted(original)
+    assert any(not torch.equal(trained[k], original[k]) for k in original)  # training changed it

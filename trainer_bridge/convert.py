@@ -219,12 +219,17 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32) -> ModelPre
     return preset
 
 
-def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_bytes: int = 5 << 30) -> ModelPreset:
-    """Convert a checkpoint written by hf2mcore (or trained from one) back to an HF directory."""
+def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_bytes: int = 5 << 30,
+             hf_config_dir: str | None = None) -> ModelPreset:
+    """Convert a megatron-core checkpoint (hf2mcore's, or a trainer's `iter_N` directory) back to
+    an HF directory. The architecture comes from `hf_config_dir` (an HF directory or an
+    hf2mcore checkpoint; default: `src` itself), which also gives the tokenizer files."""
     from megatron.core import dist_checkpointing
     from safetensors.torch import save_file
 
-    hf_config = read_hf_config(src, "hf_config.json")
+    meta = hf_config_dir or src
+    has_hf_config = os.path.isfile(os.path.join(meta, "hf_config.json"))
+    hf_config = read_hf_config(meta, "hf_config.json" if has_hf_config else "config.json")
     preset = preset_from_hf(hf_config)
     model = _model(preset, dtype)
     state = dist_checkpointing.load({"model": model.sharded_state_dict(prefix="")}, src)["model"]
@@ -252,7 +257,7 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     hf_config["torch_dtype"] = hf_config["dtype"] = str(dtype).removeprefix("torch.")
     with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)
-    _copy_tokenizer(src, dst)
+    _copy_tokenizer(meta, dst)
     return preset
 
 
@@ -262,11 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", required=True, help="source directory")
     parser.add_argument("--save", required=True, help="target directory")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--hf-config", default=None,
+                        help="mcore2hf: the HF directory (or hf2mcore checkpoint) giving config.json and the "
+                             "tokenizer, e.g. for a trainer's iter_N directory (default: --load)")
     args = parser.parse_args(argv)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     try:
-        fn = hf2mcore if args.direction == "hf2mcore" else mcore2hf
-        preset = fn(args.load, args.save, dtype)
+        if args.direction == "hf2mcore":
+            preset = hf2mcore(args.load, args.save, dtype)
+        else:
+            preset = mcore2hf(args.load, args.save, dtype, hf_config_dir=args.hf_config)
     except (ConvertError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
