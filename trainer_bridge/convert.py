@@ -77,7 +77,12 @@ def _split_qkv(p: ModelPreset, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A whole HF state dict → megatron-core GPTModel's (local spec, one rank)."""
-    out: dict[str, torch.Tensor] = {}
+    return dict(iter_hf_to_mcore(preset, hf))
+
+
+def iter_hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]):
+    """(megatron name, tensor) pairs, layer by layer: with a lazy `hf` (`read_hf_tensors`) only
+    the tensors of one layer are in memory at a time."""
     used: set[str] = set()
 
     def take(name: str) -> torch.Tensor:
@@ -90,33 +95,32 @@ def hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]) -> dict[str
         if hf_name == "lm_head.weight" and preset.tie_word_embeddings:
             used.add(hf_name)  # some tied checkpoints still store it (a copy of the embeddings)
             continue
-        out[mc_name] = take(hf_name)
+        yield mc_name, take(hf_name)
     for i in range(preset.num_layers):
         hp, mp = f"model.layers.{i}.", f"decoder.layers.{i}."
         for hf_name, mc_name in _LAYER.items():
             if "_norm." in hf_name and not preset.qk_layernorm:
                 continue
-            out[mp + mc_name] = take(hp + hf_name)
-        out[mp + "self_attention.linear_qkv.weight"] = _fuse_qkv(
+            yield mp + mc_name, take(hp + hf_name)
+        yield mp + "self_attention.linear_qkv.weight", _fuse_qkv(
             preset, *(take(f"{hp}self_attn.{x}_proj.weight") for x in "qkv"))
         if preset.add_qkv_bias:
-            out[mp + "self_attention.linear_qkv.bias"] = _fuse_qkv(
+            yield mp + "self_attention.linear_qkv.bias", _fuse_qkv(
                 preset, *(take(f"{hp}self_attn.{x}_proj.bias") for x in "qkv"))
         if preset.is_moe:
-            out[mp + "mlp.router.weight"] = take(hp + "mlp.gate.weight")
+            yield mp + "mlp.router.weight", take(hp + "mlp.gate.weight")
             for e in range(preset.num_experts):
                 he, me = f"{hp}mlp.experts.{e}.", f"{mp}mlp.experts.local_experts.{e}."
-                out[me + "linear_fc1.weight"] = torch.cat([take(he + "gate_proj.weight"), take(he + "up_proj.weight")])
-                out[me + "linear_fc2.weight"] = take(he + "down_proj.weight")
+                yield me + "linear_fc1.weight", torch.cat([take(he + "gate_proj.weight"), take(he + "up_proj.weight")])
+                yield me + "linear_fc2.weight", take(he + "down_proj.weight")
         else:
-            out[mp + "mlp.linear_fc1.weight"] = torch.cat([take(hp + "mlp.gate_proj.weight"),
+            yield mp + "mlp.linear_fc1.weight", torch.cat([take(hp + "mlp.gate_proj.weight"),
                                                            take(hp + "mlp.up_proj.weight")])
-            out[mp + "mlp.linear_fc2.weight"] = take(hp + "mlp.down_proj.weight")
+            yield mp + "mlp.linear_fc2.weight", take(hp + "mlp.down_proj.weight")
     extra = sorted(set(hf) - used)
     if extra:
         raise ConvertError(f"tensors the architecture has no place for: {', '.join(extra[:5])}"
                            f"{' …' if len(extra) > 5 else ''}")
-    return out
 
 
 def mcore_to_hf(preset: ModelPreset, mc: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -159,17 +163,31 @@ def read_hf_config(directory: str, name: str = "config.json") -> dict:
         return json.load(f)
 
 
-def read_hf_tensors(directory: str) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory's safetensors files (one file after another)."""
-    from safetensors.torch import load_file
+class LazyTensors(Mapping):
+    """The tensors of a directory's safetensors files, each read from its (memory-mapped) file
+    only when asked for."""
 
-    files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
-    if not files:
-        raise ConvertError(f"{directory}: no .safetensors files")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        tensors.update(load_file(os.path.join(directory, name)))
-    return tensors
+    def __init__(self, directory: str) -> None:
+        from safetensors import safe_open
+
+        files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+        if not files:
+            raise ConvertError(f"{directory}: no .safetensors files")
+        self._files = [safe_open(os.path.join(directory, n), "pt") for n in files]
+        self._where = {key: f for f in self._files for key in f.keys()}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def read_hf_tensors(directory: str) -> LazyTensors:
+    return LazyTensors(directory)
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:
@@ -204,13 +222,17 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32) -> ModelPre
 
     hf_config = read_hf_config(src)
     preset = preset_from_hf(hf_config)
-    state = hf_to_mcore(preset, read_hf_tensors(src))
     model = _model(preset, dtype)
-    expected = {k for k in model.state_dict() if not k.endswith("._extra_state")}
-    if set(state) != expected:
-        missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ConvertError(f"mapping mismatch: missing {missing[:5]}, unknown {unknown[:5]}")
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    params = {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
+    filled: set[str] = set()
+    with torch.no_grad():  # tensor by tensor into the model's own storage: one layer in memory at a time
+        for name, tensor in iter_hf_to_mcore(preset, read_hf_tensors(src)):
+            if name not in params or params[name].shape != tensor.shape:
+                raise ConvertError(f"{name}: no such tensor of shape {tuple(tensor.shape)} in the model")
+            params[name].copy_(tensor)
+            filled.add(name)
+    if filled != set(params):
+        raise ConvertError(f"the checkpoint does not give {sorted(set(params) - filled)[:5]}")
     os.makedirs(dst, exist_ok=True)
     dist_checkpointing.save({"model": model.sharded_state_dict(prefix="")}, dst)
     with open(os.path.join(dst, "hf_config.json"), "w", encoding="utf-8") as f:
