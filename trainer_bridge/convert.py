@@ -75,14 +75,9 @@ def _split_qkv(p: ModelPreset, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return (q.reshape(groups * per_group * d, *rest), k.reshape(groups * d, *rest), v.reshape(groups * d, *rest))
 
 
-def hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A whole HF state dict → megatron-core GPTModel's (local spec, one rank)."""
-    return dict(iter_hf_to_mcore(preset, hf))
-
-
-def iter_hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]):
-    """(megatron name, tensor) pairs, layer by layer: with a lazy `hf` (`read_hf_tensors`) only
-    the tensors of one layer are in memory at a time."""
+def hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]):
+    """An HF state dict as megatron-core GPTModel's (local spec, one rank): (name, tensor) pairs,
+    layer by layer, so with a lazy `hf` (`LazyTensors`) one layer is in memory at a time."""
     used: set[str] = set()
 
     def take(name: str) -> torch.Tensor:
@@ -186,9 +181,6 @@ class LazyTensors(Mapping):
         return len(self._where)
 
 
-def read_hf_tensors(directory: str) -> LazyTensors:
-    return LazyTensors(directory)
-
 
 def _copy_tokenizer(src: str, dst: str) -> None:
     for name in TOKENIZER_FILES:
@@ -226,7 +218,7 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32) -> ModelPre
     params = {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
     filled: set[str] = set()
     with torch.no_grad():  # tensor by tensor into the model's own storage: one layer in memory at a time
-        for name, tensor in iter_hf_to_mcore(preset, read_hf_tensors(src)):
+        for name, tensor in hf_to_mcore(preset, LazyTensors(src)):
             if name not in params or params[name].shape != tensor.shape:
                 raise ConvertError(f"{name}: no such tensor of shape {tuple(tensor.shape)} in the model")
             params[name].copy_(tensor)
