@@ -229,9 +229,10 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
         merger.finalize()
         if config.skip_bad_records:
             summary.rejects_path = f"{config.output_prefix}.rejects.jsonl"
-        summary.bytes_in = sum(storage.size(p) for p in files)
+        inputs = storage.describe_inputs(files)
+        summary.bytes_in = sum(i["bytes"] for i in inputs)
         for key, prefix in prefixes.items():
-            storage.write_json(prefix + ".json", _sidecar(key, config, tok, files, summary, dtype.name))
+            storage.write_json(prefix + ".json", _sidecar(key, config, tok, inputs, summary, dtype.name))
             summary.bytes_out += storage.size(prefix + ".bin") + storage.size(prefix + ".idx")
     except BaseException:
         merger.abort()
@@ -273,7 +274,7 @@ def tokenizer_identity(tok: LoadedTokenizer) -> dict:
             "tokenizer_json": digest}
 
 
-def _sidecar(key: str, config: PretrainConfig, tok: LoadedTokenizer, files: list[str],
+def _sidecar(key: str, config: PretrainConfig, tok: LoadedTokenizer, inputs: list[dict],
              summary: PretrainSummary, dtype: str) -> dict:
     """{prefix}.json beside the idxmap; deterministic (no times, no worker count)."""
     counts = summary.keys[key]
@@ -284,7 +285,7 @@ def _sidecar(key: str, config: PretrainConfig, tok: LoadedTokenizer, files: list
                       "eod": tok.eod, "engine": summary.engine},
         "json_key": key,
         "dtype": dtype,
-        "inputs": [{"path": storage.absolute(p), "bytes": storage.size(p)} for p in files],
+        "inputs": inputs,
         "options": {"append_eod": config.append_eod, "skip_bad_records": config.skip_bad_records,
                     "json_keys": list(config.json_keys)},
         "counts": {"records_read": summary.read, "records_written": summary.written,

@@ -310,9 +310,10 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
                                "seed": config.seed, "rows": plan.rows, "lower_bound": plan.lower_bound,
                                "efficiency": round(plan.efficiency, 6)}
         summary.rejects_path = merger.rejects.path
-        summary.bytes_in = sum(storage.size(p) for p in files)
+        inputs = storage.describe_inputs(files)
+        summary.bytes_in = sum(i["bytes"] for i in inputs)
         storage.write_json(tokens_prefix(config.output_prefix) + ".json",
-                           _sidecar(config, options, tok, files, summary))
+                           _sidecar(config, options, tok, inputs, summary))
     except BaseException:
         merger.abort()
         work.abandon()
@@ -367,7 +368,7 @@ def _pai_rows(records: NativeSFT, plan: PackingPlan, seq_len: int, pad: int):
         yield pai_row([records.record(i) for i in plan.row(r)], seq_len, pad)
 
 
-def _sidecar(config: SFTConfig, options: SFTOptions, tok: LoadedTokenizer, files: list[str],
+def _sidecar(config: SFTConfig, options: SFTOptions, tok: LoadedTokenizer, inputs: list[dict],
              summary: SFTSummary) -> dict:
     """Deterministic (no times, no worker count): the same input and options give the same bytes."""
     sidecar = {
@@ -382,7 +383,7 @@ def _sidecar(config: SFTConfig, options: SFTOptions, tok: LoadedTokenizer, files
         "seq_length": config.seq_length,
         "drop_long": config.drop_long,
         "dtype": options.dtype,
-        "inputs": [{"path": storage.absolute(p), "bytes": storage.size(p)} for p in files],
+        "inputs": inputs,
         "counts": summary.counts(),
         "packing": summary.packing,
     }

@@ -340,10 +340,6 @@ class LineNumbers:
     def __init__(self) -> None:
         self._next: dict[int, int] = {}
 
-    def start_at(self, file_index: int, line: int) -> None:
-        """The next range chunk of this file starts at `line` (a shard that starts mid-file)."""
-        self._next[file_index] = line
-
     def resolver(self, chunk: Chunk, n_lines: int):
         """line(local index) for this chunk, which holds `n_lines` lines; call once per chunk, in order."""
         if chunk.line_numbers is not None:

@@ -89,6 +89,11 @@ def absolute(path: str) -> str:
     return path if is_url(path) else os.path.abspath(local(path))
 
 
+def describe_inputs(files: list[str]) -> list[dict]:
+    """[{"path", "bytes"}] of the inputs, as sidecars list them (one size lookup per file)."""
+    return [{"path": absolute(p), "bytes": size(p)} for p in files]
+
+
 def expand_url(spec: str, suffixes: tuple[str, ...]) -> list[str]:
     """Files behind a URL: a glob pattern, a "directory" (prefix) or one object."""
     import glob as _glob
