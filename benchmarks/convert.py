@@ -3,7 +3,7 @@
 A Qwen3 model of about 0.5B parameters (Qwen3-0.6B's shape with 20 layers, untied embeddings)
 is randomly initialised with `transformers`, saved in bf16 as sharded safetensors (1 GB
 shards), then converted hf2mcore and back mcore2hf, each in a fresh process whose peak RSS is
-read from the kernel (ru_maxrss of the child). The figures are set against the largest input
+read from the kernel (the child's VmHWM). The figures are set against the largest input
 shard and the model's size, and the round trip is checked tensor by tensor.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/convert.py [--layers 20]
@@ -40,10 +40,12 @@ def make_model(path: str, layers: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-_PEAK = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\n"
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report this
+# parent's peak (the model it just built); VmHWM belongs to the child's own address space
+_PEAK = ("import runpy, sys\nsys.argv = sys.argv[1:]\n"
          "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
          "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+         "print('PEAK_KB', open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)\n"
          "sys.exit(code)\n")
 
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(largest {largest_mb:,.0f} MB)", flush=True)
         figures = {"parameters": params, "model_mb": model_mb, "largest_shard_mb": largest_mb}
         for name, cmd in (("hf2mcore", ["hf2mcore", "--load", hf, "--save", mc, "--precision", "bf16"]),
-                          ("mcore2hf", ["mcore2hf", "--load", mc, "--save", back, "--precision", "bf16"])):
+                          ("mcore2hf", ["mcore2hf", "--load", mc, "--save", back, "--precision", "bf16", "--max-shard-size", "1GB"])):
             wall, peak = timed("trainer_bridge.convert", cmd)
             figures[name] = {"seconds": round(wall, 2), "peak_rss_mb": round(peak)}
             print(f"  {name}: {wall:6.1f} s, peak RSS {peak:,.0f} MB = {peak / largest_mb:.1f}x the largest shard, "

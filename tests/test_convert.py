@@ -54,6 +54,21 @@ def tiny_model(family: str, tie: bool, path: Path) -> Path:
     return path
 
 
+def token_data(tmp_path: Path, seed: int) -> str:
+    """A small pretrain idxmap of random ids below the tiny models' vocabulary (eod 1)."""
+    import numpy as np
+
+    from dataset_engine.idxmap import IdxmapWriter, write_sidecar
+
+    prefix = str(tmp_path / "data_text_document")
+    rng = np.random.default_rng(seed)
+    with IdxmapWriter(prefix, np.uint16) as writer:
+        for _ in range(64):
+            writer.add_document(np.append(rng.integers(2, 96, int(rng.integers(8, 40))), 1))
+    write_sidecar(prefix, {"tokenizer": {"eod": 1}})
+    return prefix
+
+
 def run(*args):
     done = subprocess.run([sys.executable, *map(str, args)], env=cli_env(), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
@@ -156,19 +171,11 @@ def test_hf_directory_loads_into_tp2_with_the_same_logits(tmp_path):
 def test_continue_from_hf_then_export(tmp_path):
     """The users' flow: an HF model as --load (--model-size hf), a few training steps with a
     checkpoint, then mcore2hf of that checkpoint: transformers loads it, and its weights moved."""
-    import numpy as np
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from dataset_engine.idxmap import IdxmapWriter, write_sidecar
-
     src = tiny_model("qwen3", False, tmp_path / "hf")
-    prefix = str(tmp_path / "data_text_document")
-    rng = np.random.default_rng(0)
-    with IdxmapWriter(prefix, np.uint16) as writer:
-        for _ in range(64):
-            writer.add_document(np.append(rng.integers(2, 96, int(rng.integers(8, 40))), 1))
-    write_sidecar(prefix, {"tokenizer": {"eod": 1}})
+    prefix = token_data(tmp_path, seed=0)
     save = tmp_path / "ckpt"
     done = subprocess.run(
         [sys.executable, "-m", "trainer_bridge.train", "--model-size", "hf", "--load", str(src), "--data-path", prefix,
@@ -184,3 +191,60 @@ def test_continue_from_hf_then_export(tmp_path):
     original = load_file(str(src / "model.safetensors"))
     assert sorted(k for k in trained) == sorted(original)
     assert any(not torch.equal(trained[k], original[k]) for k in original)  # training changed it
+
+
+LOSS = __import__("re").compile(r"iteration\s+(\d+)/\d+ \| lm loss ([0-9.]+)")
+
+
+def train_from_hf(src: Path, data: str, save: Path, tmp_path: Path, *layout: str, port: int = 0) -> dict[int, float]:
+    """Two steps of the trainer from the HF directory `src` (--model-size hf); 2 processes when a
+    layout is given. The logged loss per step."""
+    entry = ["-m", "trainer_bridge.train", "--model-size", "hf", "--load", str(src), "--data-path", data,
+             "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3",
+             "--train-iters", "2", "--log-interval", "1", "--eval-interval", "100", "--save", str(save),
+             "--save-interval", "2", *layout]
+    cmd = [sys.executable, *(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+                             if layout else []), *entry]
+    done = subprocess.run(cmd, env=cli_env(DATAPREP_CACHE=str(tmp_path / "cache")), capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(done.stdout)}
+
+
+def test_moe_from_hf_in_pp2_and_ep2_and_back(tmp_path):
+    """A Qwen3-MoE HF directory loads into PP=2 and EP=2 runs on two gloo processes: their first
+    loss (the loaded weights, before any update) is the one-process run's. mcore2hf reads the
+    checkpoint the PP=2 run saved (written by two processes): transformers loads it, and its
+    tensors are the one-process run's after the same two steps."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_model("qwen3_moe", False, tmp_path / "hf")
+    prefix = token_data(tmp_path, seed=1)
+    one = train_from_hf(src, prefix, tmp_path / "one", tmp_path)
+    pp2 = train_from_hf(src, prefix, tmp_path / "pp2", tmp_path, "--pipeline-model-parallel-size", "2", port=29548)
+    ep2 = train_from_hf(src, prefix, tmp_path / "ep2", tmp_path, "--expert-model-parallel-size", "2", port=29549)
+    assert sorted(one) == sorted(pp2) == sorted(ep2) == [1, 2]
+    np.testing.assert_allclose([pp2[1], ep2[1]], [one[1], one[1]], rtol=1e-5)
+
+    for name in ("one", "pp2"):
+        run("-m", "trainer_bridge.convert", "mcore2hf", "--load", tmp_path / name, "--hf-config", src,
+            "--save", tmp_path / f"{name}-hf")
+    one_hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "one-hf")).state_dict()
+    pp2_hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "pp2-hf")).state_dict()
+    assert sorted(one_hf) == sorted(pp2_hf)
+    for key in one_hf:
+        torch.testing.assert_close(pp2_hf[key], one_hf[key], rtol=1e-4, atol=1e-5)
+
+
+def test_tied_model_in_pp2_trains_like_one_process(tmp_path):
+    """Tied embeddings split across two pipeline stages (the last stage holds the output copy):
+    from the same HF weights, PP=2 gives the one-process losses step by step."""
+    import numpy as np
+
+    src = tiny_model("qwen3", True, tmp_path / "hf")
+    prefix = token_data(tmp_path, seed=2)
+    one = train_from_hf(src, prefix, tmp_path / "one", tmp_path)
+    pp2 = train_from_hf(src, prefix, tmp_path / "pp2", tmp_path, "--pipeline-model-parallel-size", "2", port=29550)
+    assert sorted(one) == sorted(pp2) == [1, 2]
+    np.testing.assert_allclose([pp2[i] for i in (1, 2)], [one[i] for i in (1, 2)], rtol=1e-5)

@@ -2,12 +2,20 @@
 
     python -m trainer_bridge.convert hf2mcore --load /mnt/qwen3-0.6b --save /mnt/qwen3-0.6b-mcore
     python -m trainer_bridge.convert mcore2hf --load /mnt/qwen3-0.6b-mcore --save /mnt/qwen3-0.6b-hf
+    sh trainer_bridge/scripts/convert.sh 0.6B /mnt/qwen3-0.6b /mnt/qwen3-0.6b-mcore false true bf16   # Pai's order
 
 The architecture is read from the HF `config.json` (`trainer_bridge.presets.preset_from_hf`).
-hf2mcore writes a megatron-core distributed checkpoint (``{"model": ...}``, what the trainer's
-`--load` / PRETRAIN_CHECKPOINT_PATH reads, in any parallel layout: dist checkpoints reshard on
-load) plus `hf_config.json` and the tokenizer files; mcore2hf writes `config.json`, sharded
-`model-0000x-of-0000y.safetensors` with their index and the tokenizer files.
+hf2mcore writes a megatron-core distributed checkpoint (torch_dist, ``{"model": ...}``: what the
+trainer's `--load` / PRETRAIN_CHECKPOINT_PATH reads) plus `hf_config.json` and the tokenizer
+files; mcore2hf writes `config.json`, sharded `model-0000x-of-0000y.safetensors` with their index
+and the tokenizer files. Both stream: hf2mcore builds the model on the meta device only for its
+checkpoint layout and converts each tensor when the writer asks for it; mcore2hf reads one output
+shard's tensors at a time. Memory stays near the largest tensor group, not the model.
+
+A distributed checkpoint stores every tensor whole (global shapes) and is resharded on load, so one
+conversion serves any TP/PP/EP; `--target-tensor-parallel-size` etc. check that the layout fits the
+architecture before anything is written. Its tensor keys are layer-spec independent (megatron-core
+maps the local spec's names onto TransformerEngine's, and its grouped experts onto SequentialMLP's).
 
 Tensor mapping, per layer (HF `model.layers.i.` ↔ megatron `decoder.layers.i.`):
 
@@ -24,8 +32,7 @@ Tensor mapping, per layer (HF `model.layers.i.` ↔ megatron `decoder.layers.i.`
          mlp.experts.e.down_proj          ↔ mlp.experts.local_experts.e.linear_fc2
 
 and `model.embed_tokens` ↔ `embedding.word_embeddings`, `model.norm` ↔
-`decoder.final_layernorm`, `lm_head` ↔ `output_layer` (absent when tied). The megatron names are
-those of megatron-core's local layer spec (what the trainer uses without TransformerEngine).
+`decoder.final_layernorm`, `lm_head` ↔ `output_layer` (absent when tied).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from typing import Mapping
 
 import torch
 
-from trainer_bridge.presets import ModelPreset, preset_from_hf
+from trainer_bridge.presets import ModelPreset, get_preset, preset_from_hf, same_architecture
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json", "chat_template.jinja")
@@ -59,93 +66,90 @@ class ConvertError(ValueError):
     """A checkpoint that does not fit the architecture; the message names the tensor."""
 
 
-def _fuse_qkv(p: ModelPreset, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    groups, d = p.num_query_groups, p.kv_channels
-    per_group = p.num_attention_heads // groups
-    rest = q.shape[1:]
-    parts = (q.reshape(groups, per_group * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest))
-    return torch.cat(parts, dim=1).reshape(groups * (per_group + 2) * d, *rest)
-
-
-def _split_qkv(p: ModelPreset, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    groups, d = p.num_query_groups, p.kv_channels
-    per_group = p.num_attention_heads // groups
-    rest = qkv.shape[1:]
-    q, k, v = qkv.reshape(groups, (per_group + 2) * d, *rest).split([per_group * d, d, d], dim=1)
-    return (q.reshape(groups * per_group * d, *rest), k.reshape(groups * d, *rest), v.reshape(groups * d, *rest))
-
-
-def hf_to_mcore(preset: ModelPreset, hf: Mapping[str, torch.Tensor]):
-    """An HF state dict as megatron-core GPTModel's (local spec, one rank): (name, tensor) pairs,
-    layer by layer, so with a lazy `hf` (`LazyTensors`) one layer is in memory at a time."""
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf:
-            raise ConvertError(f"the checkpoint has no {name}")
-        used.add(name)
-        return hf[name]
-
+def tensor_map(preset: ModelPreset) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every megatron tensor (one-rank GPTModel, local spec) → (how, the HF tensors it is made of),
+    in layer order. how: "copy"; "qkv" (grouped-query fused q, k, v); "cat" (gate rows, then up)."""
+    table: dict[str, tuple[str, tuple[str, ...]]] = {}
     for hf_name, mc_name in _GLOBAL.items():
-        if hf_name == "lm_head.weight" and preset.tie_word_embeddings:
-            used.add(hf_name)  # some tied checkpoints still store it (a copy of the embeddings)
-            continue
-        yield mc_name, take(hf_name)
+        if not (hf_name == "lm_head.weight" and preset.tie_word_embeddings):
+            table[mc_name] = ("copy", (hf_name,))
     for i in range(preset.num_layers):
         hp, mp = f"model.layers.{i}.", f"decoder.layers.{i}."
         for hf_name, mc_name in _LAYER.items():
-            if "_norm." in hf_name and not preset.qk_layernorm:
-                continue
-            yield mp + mc_name, take(hp + hf_name)
-        yield mp + "self_attention.linear_qkv.weight", _fuse_qkv(
-            preset, *(take(f"{hp}self_attn.{x}_proj.weight") for x in "qkv"))
+            if preset.qk_layernorm or "_norm." not in hf_name:
+                table[mp + mc_name] = ("copy", (hp + hf_name,))
+        table[mp + "self_attention.linear_qkv.weight"] = ("qkv", tuple(f"{hp}self_attn.{x}_proj.weight" for x in "qkv"))
         if preset.add_qkv_bias:
-            yield mp + "self_attention.linear_qkv.bias", _fuse_qkv(
-                preset, *(take(f"{hp}self_attn.{x}_proj.bias") for x in "qkv"))
+            table[mp + "self_attention.linear_qkv.bias"] = ("qkv", tuple(f"{hp}self_attn.{x}_proj.bias" for x in "qkv"))
         if preset.is_moe:
-            yield mp + "mlp.router.weight", take(hp + "mlp.gate.weight")
-            for e in range(preset.num_experts):
-                he, me = f"{hp}mlp.experts.{e}.", f"{mp}mlp.experts.local_experts.{e}."
-                yield me + "linear_fc1.weight", torch.cat([take(he + "gate_proj.weight"), take(he + "up_proj.weight")])
-                yield me + "linear_fc2.weight", take(he + "down_proj.weight")
+            table[mp + "mlp.router.weight"] = ("copy", (hp + "mlp.gate.weight",))
+            experts = [(f"{hp}mlp.experts.{e}.", f"{mp}mlp.experts.local_experts.{e}.") for e in range(preset.num_experts)]
         else:
-            yield mp + "mlp.linear_fc1.weight", torch.cat([take(hp + "mlp.gate_proj.weight"),
-                                                           take(hp + "mlp.up_proj.weight")])
-            yield mp + "mlp.linear_fc2.weight", take(hp + "mlp.down_proj.weight")
-    extra = sorted(set(hf) - used)
+            experts = [(hp + "mlp.", mp + "mlp.")]
+        for he, me in experts:
+            table[me + "linear_fc1.weight"] = ("cat", (he + "gate_proj.weight", he + "up_proj.weight"))
+            table[me + "linear_fc2.weight"] = ("copy", (he + "down_proj.weight",))
+    return table
+
+
+def to_mcore(preset: ModelPreset, how: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The megatron tensor made of HF `parts` (see `tensor_map`)."""
+    if how == "copy":
+        return parts[0]
+    if how == "cat":
+        return torch.cat(parts)
+    q, k, v = parts
+    groups, d = preset.num_query_groups, preset.kv_channels
+    per_group = preset.num_attention_heads // groups
+    rest = q.shape[1:]
+    grouped = (q.reshape(groups, per_group * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest))
+    return torch.cat(grouped, dim=1).reshape(groups * (per_group + 2) * d, *rest)
+
+
+def to_hf(preset: ModelPreset, how: str, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The HF tensors a megatron tensor is made of (the inverse of `to_mcore`)."""
+    if how == "copy":
+        return [tensor]
+    if how == "cat":
+        return [t.contiguous() for t in tensor.chunk(2)]
+    groups, d = preset.num_query_groups, preset.kv_channels
+    per_group = preset.num_attention_heads // groups
+    rest = tensor.shape[1:]
+    q, k, v = tensor.reshape(groups, (per_group + 2) * d, *rest).split([per_group * d, d, d], dim=1)
+    return [q.reshape(groups * per_group * d, *rest).contiguous(), k.reshape(groups * d, *rest).contiguous(),
+            v.reshape(groups * d, *rest).contiguous()]
+
+
+def check_sources(preset: ModelPreset, table: dict, hf_names) -> None:
+    """Every HF tensor the map needs is there and every HF tensor has a place, before any writing."""
+    needed = {name for _, sources in table.values() for name in sources}
+    missing = [name for _, sources in table.values() for name in sources if name not in hf_names]
+    if missing:
+        raise ConvertError(f"the checkpoint has no {missing[0]}"
+                           f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+    # tied checkpoints may still store lm_head (a copy of the embeddings)
+    extra = sorted(set(hf_names) - needed - ({"lm_head.weight"} if preset.tie_word_embeddings else set()))
     if extra:
         raise ConvertError(f"tensors the architecture has no place for: {', '.join(extra[:5])}"
                            f"{' …' if len(extra) > 5 else ''}")
 
 
-def mcore_to_hf(preset: ModelPreset, mc: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """megatron-core GPTModel's state dict (local spec, one rank) → the HF one."""
-    out: dict[str, torch.Tensor] = {}
-    for hf_name, mc_name in _GLOBAL.items():
-        if hf_name == "lm_head.weight" and preset.tie_word_embeddings:
-            continue
-        out[hf_name] = mc[mc_name]
-    for i in range(preset.num_layers):
-        hp, mp = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for hf_name, mc_name in _LAYER.items():
-            if "_norm." in hf_name and not preset.qk_layernorm:
-                continue
-            out[hp + hf_name] = mc[mp + mc_name]
-        for x, t in zip("qkv", _split_qkv(preset, mc[mp + "self_attention.linear_qkv.weight"])):
-            out[f"{hp}self_attn.{x}_proj.weight"] = t
-        if preset.add_qkv_bias:
-            for x, t in zip("qkv", _split_qkv(preset, mc[mp + "self_attention.linear_qkv.bias"])):
-                out[f"{hp}self_attn.{x}_proj.bias"] = t
-        if preset.is_moe:
-            out[hp + "mlp.gate.weight"] = mc[mp + "mlp.router.weight"]
-            for e in range(preset.num_experts):
-                he, me = f"{hp}mlp.experts.{e}.", f"{mp}mlp.experts.local_experts.{e}."
-                out[he + "gate_proj.weight"], out[he + "up_proj.weight"] = mc[me + "linear_fc1.weight"].chunk(2)
-                out[he + "down_proj.weight"] = mc[me + "linear_fc2.weight"]
-        else:
-            out[hp + "mlp.gate_proj.weight"], out[hp + "mlp.up_proj.weight"] = mc[mp + "mlp.linear_fc1.weight"].chunk(2)
-            out[hp + "mlp.down_proj.weight"] = mc[mp + "mlp.linear_fc2.weight"]
-    return {k: v.contiguous() for k, v in out.items()}
+def check_layout(preset: ModelPreset, tp: int = 1, pp: int = 1, ep: int = 1) -> None:
+    """The parallel layout a checkpoint is meant for divides the architecture (megatron-core's own
+    conditions), so a bad TP/PP/EP fails at conversion, not at the first training step."""
+    for name, size in (("TP", tp), ("PP", pp), ("EP", ep)):
+        if size < 1:
+            raise ConvertError(f"{name}={size}: must be at least 1")
+    if preset.num_attention_heads % tp or preset.num_query_groups % tp:
+        raise ConvertError(f"TP={tp} does not divide the {preset.num_attention_heads} attention heads and "
+                           f"{preset.num_query_groups} query groups")
+    if preset.num_layers % pp:
+        raise ConvertError(f"PP={pp} does not divide the {preset.num_layers} layers "
+                           "(uneven stages: set them in the trainer with MP_PP0_LAYERS)")
+    if ep > 1 and not preset.is_moe:
+        raise ConvertError(f"EP={ep} needs a MoE model; {preset.name} is dense")
+    if preset.is_moe and preset.num_experts % ep:
+        raise ConvertError(f"EP={ep} does not divide the {preset.num_experts} experts")
 
 
 def read_hf_config(directory: str, name: str = "config.json") -> dict:
@@ -158,21 +162,47 @@ def read_hf_config(directory: str, name: str = "config.json") -> dict:
         return json.load(f)
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
 class LazyTensors(Mapping):
-    """The tensors of a directory's safetensors files, each read from its (memory-mapped) file
-    only when asked for."""
+    """The tensors of a directory's safetensors files, each read from disk only when asked for.
+    Plain reads, not a memory map: the bytes of tensors already converted do not stay mapped
+    into the process, so memory holds only the tensors in hand."""
 
     def __init__(self, directory: str) -> None:
-        from safetensors import safe_open
-
         files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
         if not files:
             raise ConvertError(f"{directory}: no .safetensors files")
-        self._files = [safe_open(os.path.join(directory, n), "pt") for n in files]
-        self._where = {key: f for f in self._files for key in f.keys()}
+        self._where: dict[str, tuple[str, int, dict]] = {}
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                try:
+                    header = json.loads(f.read(size))
+                except ValueError as exc:
+                    raise ConvertError(f"{path}: not a safetensors file ({exc})") from None
+            header.pop("__metadata__", None)
+            for key, info in header.items():
+                if info.get("dtype") not in _SAFETENSORS_DTYPES:
+                    raise ConvertError(f"{path}: {key} has unsupported dtype {info.get('dtype')!r}")
+                self._where[key] = (path, 8 + size, info)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._where[name].get_tensor(name)
+        path, base, info = self._where[name]
+        start, end = info["data_offsets"]
+        buffer = bytearray(end - start)
+        with open(path, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(buffer) != len(buffer):
+                raise ConvertError(f"{path}: {name} is cut short (file truncated?)")
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        if not buffer:
+            return torch.empty(info["shape"], dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(info["shape"])
 
     def __iter__(self):
         return iter(self._where)
@@ -181,21 +211,21 @@ class LazyTensors(Mapping):
         return len(self._where)
 
 
-
 def _copy_tokenizer(src: str, dst: str) -> None:
     for name in TOKENIZER_FILES:
         if os.path.isfile(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
-def _model(preset: ModelPreset, dtype: torch.dtype):
-    """A one-rank GPTModel of the preset on CPU (process group and parallel state set up once)."""
+def _model(preset: ModelPreset, dtype: torch.dtype, meta: bool = False):
+    """A one-rank GPTModel of the preset (local spec; on the meta device: shapes and checkpoint
+    layout only, no memory), with the process group and parallel state set up once."""
     from megatron.core import parallel_state, tensor_parallel
 
     from trainer_bridge import cpu_compat
     from trainer_bridge.train import build_model, init_distributed, parse_args
 
-    init_distributed()
+    init_distributed("gloo")  # conversion runs on the CPU, GPUs or not
     cpu = cpu_compat.enable()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
@@ -204,93 +234,338 @@ def _model(preset: ModelPreset, dtype: torch.dtype):
     # the training entry's own model builder (one rank; the preset replaces --model-size's)
     config = parse_args(["--model-size", "tiny", "--data-path", "-", "--train-iters", "1", "--precision", precision,
                          "--seq-length", str(min(preset.max_position_embeddings, 4096))])
-    model, _ = build_model(config, cpu=True, preset=preset)
+    with torch.device("meta" if meta else "cpu"):
+        model, _ = build_model(config, cpu=True, preset=preset, local_spec=True)
     return model.module if hasattr(model, "module") and precision != "fp32" else model
 
 
-def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32) -> ModelPreset:
-    """Convert the HF model directory `src` into a megatron-core checkpoint directory `dst`."""
+def _mcore_layout(preset: ModelPreset, dtype: torch.dtype) -> tuple[dict, dict[str, torch.Size]]:
+    """The one-rank model's sharded state dict on the meta device, checked against `tensor_map`,
+    and each tensor's shape (saving replaces factories such as fused fc1's in place)."""
+    layout = _model(preset, dtype, meta=True).sharded_state_dict(prefix="")
+    names = {k for k in layout if not k.endswith("._extra_state")}
+    table = tensor_map(preset)
+    if names != set(table):
+        odd = sorted(names ^ set(table))
+        raise ConvertError(f"megatron-core's GPTModel and the tensor map differ at {', '.join(odd[:3])}")
+    return layout, {name: layout[name].data.shape for name in table}
+
+
+def _streaming_strategy(produce):
+    """megatron-core's torch_dist save strategy, but each tensor comes from `produce(state-dict
+    name)` when the writer reaches it (one at a time, no copy-ahead), not from model memory."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner, TorchDistSaveShardedStrategy,
+                                                                   _replace_state_dict_keys_with_sharded_keys,
+                                                                   mcore_to_pyt_state_dict)
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint import save as dcp_save
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    class Planner(MCoreSavePlanner):
+        def __init__(self, where: dict, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.where, self.last, self.handed = where, (None, None), None
+
+        def resolve_data(self, write_item):
+            if write_item.type == WriteItemType.BYTE_IO:
+                return super().resolve_data(write_item)
+            if self.handed is not None:
+                # torch's writer keeps every tensor it wrote until the file is closed (it needs them
+                # only for safetensors output); the previous one is on disk now, so free its memory
+                self.handed.untyped_storage().resize_(0)
+            chunk = write_item.tensor_data.chunk
+            name, prepended = self.where[(write_item.index.fqn, tuple(write_item.index.offset))]
+            if self.last[0] != name:  # a fused fc1 is written as two chunks (gate, up): make it once
+                self.last = (name, produce(name))
+            piece = self.last[1]
+            # one rank holds every tensor whole: the chunk is the global slice past the layer/expert axes
+            for axis, (start, size) in enumerate(zip(chunk.offsets[prepended:], chunk.sizes[prepended:])):
+                piece = piece.narrow(axis, start, size)
+            self.handed = piece.reshape(chunk.sizes).clone()  # its own storage, exactly its size
+            return self.handed
+
+    class Streaming(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir):
+            flat, paths, names = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, True)
+            where = {}
+            for key, shards in flat.items():
+                for shard, flat_name in zip(shards, names[key]):
+                    if isinstance(shard, ShardedTensor):  # path: ("model", state-dict name[, piece])
+                        where[(key, tuple(shard.global_offset))] = (paths[flat_name][1], shard.prepend_axis_num)
+            writer = FileSystemWriter(str(checkpoint_dir), single_file_per_rank=True, thread_count=1,
+                                      per_thread_copy_ahead=0)
+            dcp_save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
+                     planner=Planner(where, dedup_replicated_tensors=False, flatten_state_dict=False))
+
+    return Streaming("torch_dist", 1)
+
+
+def _new_dir(path: str) -> str:
+    """A temporary sibling of `path` to fill and rename once complete; refuses a non-empty `path`."""
+    if os.path.isdir(path) and os.listdir(path):
+        raise ConvertError(f"{path} exists and is not empty; remove it or choose another --save")
+    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def _publish(tmp: str, path: str) -> None:
+    if os.path.isdir(path):
+        os.rmdir(path)  # empty (checked by _new_dir)
+    os.replace(tmp, path)
+
+
+def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tuple[int, int, int] = (1, 1, 1),
+             expect: ModelPreset | None = None) -> ModelPreset:
+    """Convert the HF model directory `src` into a megatron-core checkpoint directory `dst`,
+    tensor by tensor. `layout` (TP, PP, EP) and `expect` (a MODEL_SIZE preset) are checked first."""
     from megatron.core import dist_checkpointing
 
     hf_config = read_hf_config(src)
     preset = preset_from_hf(hf_config)
-    model = _model(preset, dtype)
-    params = {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
-    filled: set[str] = set()
-    with torch.no_grad():  # tensor by tensor into the model's own storage: one layer in memory at a time
-        for name, tensor in hf_to_mcore(preset, LazyTensors(src)):
-            if name not in params or params[name].shape != tensor.shape:
-                raise ConvertError(f"{name}: no such tensor of shape {tuple(tensor.shape)} in the model")
-            params[name].copy_(tensor)
-            filled.add(name)
-    if filled != set(params):
-        raise ConvertError(f"the checkpoint does not give {sorted(set(params) - filled)[:5]}")
-    os.makedirs(dst, exist_ok=True)
-    dist_checkpointing.save({"model": model.sharded_state_dict(prefix="")}, dst)
-    with open(os.path.join(dst, "hf_config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-    _copy_tokenizer(src, dst)
+    if expect is not None and not same_architecture(expect, preset):
+        raise ConvertError(f"{src} is not a {expect.name} model (its config.json differs in architecture)")
+    check_layout(preset, *layout)
+    hf = LazyTensors(src)
+    table = tensor_map(preset)
+    check_sources(preset, table, hf)
+    sharded, shapes = _mcore_layout(preset, dtype)
+
+    def produce(name: str) -> torch.Tensor:
+        how, sources = table[name]
+        tensor = to_mcore(preset, how, [hf[s] for s in sources]).to(dtype)
+        if tensor.shape != shapes[name]:
+            raise ConvertError(f"{sources[0]}: shape {tuple(hf[sources[0]].shape)} does not fit the architecture "
+                               f"({name} is {tuple(shapes[name])})")
+        return tensor
+
+    tmp = _new_dir(dst)
+    try:
+        dist_checkpointing.save({"model": sharded}, tmp, sharded_strategy=_streaming_strategy(produce))
+        with open(os.path.join(tmp, "hf_config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        _copy_tokenizer(src, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, dst)
     return preset
 
 
-def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_bytes: int = 5 << 30,
-             hf_config_dir: str | None = None) -> ModelPreset:
+class _CheckpointPieces:
+    """Reads chosen tensors of a torch_dist checkpoint into one-rank (whole) tensors, through
+    torch.distributed.checkpoint's resharding reads: only the stored chunks they overlap are read,
+    whatever TP/PP/EP wrote them, and an optimizer beside them is not touched."""
+
+    def __init__(self, src: str, layout: dict, shapes: dict) -> None:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        if not os.path.isfile(os.path.join(src, "metadata.json")):
+            raise ConvertError(f"{src}: not a megatron-core distributed checkpoint (no metadata.json)")
+        self.src, self.layout, self.shapes = src, layout, shapes
+        stored = FileSystemReader(src).read_metadata().state_dict_metadata
+        for name in shapes:
+            for piece in self._pieces(name):
+                if piece.key not in stored:
+                    raise ConvertError(f"{src}: the checkpoint has no {piece.key} (another architecture?)")
+                if tuple(stored[piece.key].size) != tuple(piece.global_shape):
+                    raise ConvertError(f"{src}: {piece.key} has shape {tuple(stored[piece.key].size)}, the "
+                                       f"architecture {tuple(piece.global_shape)}")
+
+    def _pieces(self, name: str) -> list:
+        from megatron.core.dist_checkpointing.dict_utils import nested_values
+        from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+        entry = self.layout[name]
+        return list(nested_values(entry.build())) if isinstance(entry, ShardedTensorFactory) else [entry]
+
+    def __call__(self, names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import load as dcp_load
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+        from torch.distributed.checkpoint.planner import LoadPlan
+        from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+        out, targets, chunks = {}, {}, {}
+        for name in names:
+            out[name] = torch.empty(self.shapes[name], dtype=dtype)
+            for piece in self._pieces(name):
+                # one rank holds every tensor whole: the piece is the global slice past the prepended axes
+                view, p = out[name], piece.prepend_axis_num
+                for axis, (start, size) in enumerate(zip(piece.global_offset[p:], piece.local_shape)):
+                    view = view.narrow(axis, start, size)
+                for _ in range(p):
+                    view = view.unsqueeze(0)
+                targets[(piece.key, tuple(piece.global_offset))] = view
+                chunks.setdefault(piece.key, []).append(
+                    ChunkStorageMetadata(offsets=torch.Size(piece.global_offset), sizes=view.shape))
+
+        class Planner(DefaultLoadPlanner):
+            def set_up_planner(self, state_dict, metadata=None, is_coordinator=False):
+                self.stored = metadata.state_dict_metadata
+
+            def create_local_plan(self):
+                return LoadPlan([item for key, wanted in chunks.items()
+                                 for item in create_read_items_for_chunk_list(key, self.stored[key], wanted)])
+
+            def create_global_plan(self, plans):
+                return plans
+
+            def finish_plan(self, plan):
+                return plan
+
+            def resolve_tensor(self, item):
+                target = targets[(item.dest_index.fqn, tuple(item.dest_index.offset))]
+                for axis, (start, size) in enumerate(zip(item.dest_offsets, item.lengths)):
+                    target = target.narrow(axis, start, size)
+                return target
+
+            def commit_tensor(self, item, tensor):
+                pass  # read straight into the target's memory
+
+        dcp_load({}, storage_reader=FileSystemReader(self.src), planner=Planner(), no_dist=True)
+        return out
+
+
+def _shard_groups(table: dict, shapes: dict, dtype: torch.dtype, max_bytes: int) -> list[list[str]]:
+    """Megatron tensor names in layer order, cut into groups of at most `max_bytes` of output."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in table:
+        nbytes = shapes[name].numel() * torch.empty((), dtype=dtype).element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
+
+
+def shard_size(text: str) -> int:
+    """`save_pretrained`'s max_shard_size: bytes, or 500MB, 5GB (powers of 1000), 2GiB (of 1024)."""
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+    upper = text.strip().upper()
+    unit = next((u for u in sorted(units, key=len, reverse=True) if upper.endswith(u)), "")
+    try:
+        value = int(float(upper[:len(upper) - len(unit)]) * units.get(unit, 1))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a shard size: {text!r} (e.g. 5GB)")
+    return value
+
+
+def latest_iteration(path: str) -> str:
+    """`path`, or for a trainer's save directory its latest `iter_N` (as Pai's converters do)."""
+    from trainer_bridge.checkpoint import LATEST
+
+    marker = os.path.join(path, LATEST)
+    if os.path.isfile(os.path.join(path, "metadata.json")) or not os.path.isfile(marker):
+        return path
+    with open(marker, encoding="utf-8") as f:
+        text = f.read().strip()
+    return os.path.join(path, "release" if text == "release" else f"iter_{int(text):07d}")
+
+
+def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_bytes: int = 5 * 10**9,
+             hf_config_dir: str | None = None, expect: ModelPreset | None = None) -> ModelPreset:
     """Convert a megatron-core checkpoint (hf2mcore's, or a trainer's `iter_N` directory) back to
-    an HF directory. The architecture comes from `hf_config_dir` (an HF directory or an
-    hf2mcore checkpoint; default: `src` itself), which also gives the tokenizer files."""
-    from megatron.core import dist_checkpointing
+    an HF directory, one output shard at a time. The architecture comes from `hf_config_dir` (an HF
+    directory or an hf2mcore checkpoint; default: `src` itself), which also gives the tokenizer;
+    `expect` (a MODEL_SIZE preset) is checked against it. A trainer's save directory stands for
+    its latest iteration (latest_checkpointed_iteration.txt)."""
     from safetensors.torch import save_file
+
+    src = latest_iteration(src)
 
     meta = hf_config_dir or src
     has_hf_config = os.path.isfile(os.path.join(meta, "hf_config.json"))
     hf_config = read_hf_config(meta, "hf_config.json" if has_hf_config else "config.json")
     preset = preset_from_hf(hf_config)
-    model = _model(preset, dtype)
-    state = dist_checkpointing.load({"model": model.sharded_state_dict(prefix="")}, src)["model"]
-    model.load_state_dict(state, strict=False)
-    tensors = mcore_to_hf(preset, {k: v.detach().to(dtype) for k, v in model.state_dict().items()
-                                   if not k.endswith("._extra_state")})
-    os.makedirs(dst, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name in sorted(tensors):
-        nbytes = tensors[name].numel() * tensors[name].element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensors[name]
-        size += nbytes
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": {}}
-    for i, shard in enumerate(shards, 1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(dst, file), metadata={"format": "pt"})
-        index["weight_map"].update(dict.fromkeys(shard, file))
-    with open(os.path.join(dst, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-    hf_config["torch_dtype"] = hf_config["dtype"] = str(dtype).removeprefix("torch.")
-    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-    _copy_tokenizer(meta, dst)
+    if expect is not None and not same_architecture(expect, preset):
+        raise ConvertError(f"{meta} is not a {expect.name} model (its config differs in architecture)")
+    table = tensor_map(preset)
+    layout, shapes = _mcore_layout(preset, dtype)
+    read = _CheckpointPieces(src, layout, shapes)
+    groups = _shard_groups(table, shapes, dtype, max_shard_bytes)
+    tmp = _new_dir(dst)
+    try:
+        index = {"metadata": {"total_size": 0}, "weight_map": {}}
+        for i, group in enumerate(groups, 1):
+            shard = {}
+            for name, tensor in read(group, dtype).items():
+                how, targets = table[name]
+                shard.update(zip(targets, to_hf(preset, how, tensor)))
+            file = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, file), metadata={"format": "pt"})
+            index["weight_map"].update(dict.fromkeys(shard, file))
+            index["metadata"]["total_size"] += sum(t.numel() * t.element_size() for t in shard.values())
+            del shard
+        index["weight_map"] = dict(sorted(index["weight_map"].items()))
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+        hf_config["torch_dtype"] = hf_config["dtype"] = str(dtype).removeprefix("torch.")
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        _copy_tokenizer(meta, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, dst)
     return preset
 
 
+def _pai_arguments(argv: list[str]) -> list[str]:
+    """Pai-Megatron-Patch's positional form (distributed_checkpoints_convertor scripts):
+    MODEL_SIZE LOAD_DIR SAVE_DIR MG2HF USE_CUDA PR [HF_DIR] → our options."""
+    if len(argv) not in (6, 7):
+        raise ConvertError(f"expected MODEL_SIZE LOAD_DIR SAVE_DIR MG2HF USE_CUDA PR [HF_DIR], got {len(argv)} "
+                           "parameters")
+    size, load, save, mg2hf, _use_cuda, precision, *hf_dir = argv  # USE_CUDA: conversion streams on the CPU
+    if mg2hf not in ("true", "false"):
+        raise ConvertError(f"MG2HF={mg2hf!r}: expected true or false")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConvertError(f"PR={precision!r}: expected fp32, bf16 or fp16")
+    if mg2hf == "true":
+        if not hf_dir:
+            raise ConvertError("MG2HF=true needs HF_DIR (the original Hugging Face directory) as the 7th parameter")
+        return ["mcore2hf", "--load", load, "--save", save, "--precision", precision, "--hf-config", hf_dir[0],
+                "--model-size", size]
+    return ["hf2mcore", "--load", load, "--save", save, "--precision", precision, "--model-size", size]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m trainer_bridge.convert", description=__doc__.split("\n")[0])
     parser.add_argument("direction", choices=["hf2mcore", "mcore2hf"])
     parser.add_argument("--load", required=True, help="source directory")
-    parser.add_argument("--save", required=True, help="target directory")
+    parser.add_argument("--save", required=True, help="target directory (created; must not hold files)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--model-size", default=None,
+                        help="Pai's MODEL_SIZE (0.6B … A3B): checked against the HF config.json")
+    parser.add_argument("--target-tensor-parallel-size", "--tp", type=int, default=1, dest="tp",
+                        help="hf2mcore: TP the checkpoint is meant for (checked; the checkpoint loads in any layout)")
+    parser.add_argument("--target-pipeline-parallel-size", "--pp", type=int, default=1, dest="pp")
+    parser.add_argument("--target-expert-parallel-size", "--ep", type=int, default=1, dest="ep")
+    parser.add_argument("--max-shard-size", type=shard_size, default=5 * 10**9,
+                        help="mcore2hf: largest safetensors file, as save_pretrained's (default 5GB); also "
+                             "bounds the memory mcore2hf uses")
     parser.add_argument("--hf-config", default=None,
                         help="mcore2hf: the HF directory (or hf2mcore checkpoint) giving config.json and the "
                              "tokenizer, e.g. for a trainer's iter_N directory (default: --load)")
-    args = parser.parse_args(argv)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     try:
+        if argv and argv[0] not in ("hf2mcore", "mcore2hf") and not argv[0].startswith("-"):
+            argv = _pai_arguments(argv)
+        args = parser.parse_args(argv)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+        expect = get_preset(args.model_size) if args.model_size else None
         if args.direction == "hf2mcore":
-            preset = hf2mcore(args.load, args.save, dtype)
+            preset = hf2mcore(args.load, args.save, dtype, (args.tp, args.pp, args.ep), expect=expect)
         else:
-            preset = mcore2hf(args.load, args.save, dtype, hf_config_dir=args.hf_config)
+            preset = mcore2hf(args.load, args.save, dtype, args.max_shard_size, args.hf_config, expect=expect)
     except (ConvertError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,10 +40,13 @@ def train(config: TrainConfig) -> int:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=config.tensor_model_parallel_size,
         pipeline_model_parallel_size=config.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=config.virtual_pipeline_model_parallel_size,
         context_parallel_size=config.context_parallel_size,
         expert_model_parallel_size=config.expert_model_parallel_size,
         expert_tensor_parallel_size=config.expert_tensor_parallel_size)
+    if config.virtual_pipeline_model_parallel_size:
+        # interleaving changes only the schedule's bubble, not the result: run the plain 1F1B schedule
+        _log(f"note: --virtual-pipeline-model-parallel-size {config.virtual_pipeline_model_parallel_size} (MP_VP) "
+             "is not supported by the bundled trainer yet; each stage runs as one chunk (same results)")
     torch.manual_seed(config.seed)
     tensor_parallel.model_parallel_cuda_manual_seed(config.seed, inference_rng_tracker=cpu, force_reset_rng=True)
 
@@ -150,12 +153,14 @@ def train(config: TrainConfig) -> int:
 
 
 def _mean_loss(reduced: list[dict]) -> float:
-    if not reduced:  # not the last pipeline stage
-        return math.nan
-    total = torch.stack([r["lm loss"] for r in reduced]).sum(0)
+    """The step's per-token loss on every rank (only the last pipeline stage computes it)."""
+    total = torch.stack([r["lm loss"] for r in reduced]).sum(0) if reduced else torch.zeros(2)
     if torch.distributed.get_world_size() > 1:
         from megatron.core import parallel_state
 
+        total = total.float()
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            torch.distributed.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
         torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return float(total[0] / max(float(total[1]), 1.0))
 

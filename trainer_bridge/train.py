@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**kw)
 
 
-def init_distributed() -> None:
+def init_distributed(backend: str | None = None) -> None:
+    """The default process group (one process without torchrun); nccl on GPUs unless `backend`."""
     if torch.distributed.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -167,8 +168,8 @@ def init_distributed() -> None:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     torch.distributed.init_process_group(backend)
 
@@ -185,14 +186,16 @@ def uses_transformer_engine() -> bool:
     return True
 
 
-def build_model(config: TrainConfig, cpu: bool, preset=None):
-    """The GPTModel of `preset` (default: config.model_size's) in the current parallel layout."""
+def build_model(config: TrainConfig, cpu: bool, preset=None, local_spec: bool = False):
+    """The GPTModel of `preset` (default: config.model_size's) in the current parallel layout;
+    `local_spec` keeps megatron-core's local layers even where TransformerEngine is installed."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from trainer_bridge.presets import gpt_model_kwargs, layer_spec, transformer_config_kwargs
 
     preset = preset or config.preset()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision, torch.float32)
     recompute = {}
     if config.recompute == "sel":
         recompute = {"recompute_granularity": "selective"}
@@ -204,26 +207,32 @@ def build_model(config: TrainConfig, cpu: bool, preset=None):
         hidden_dropout=0.0, attention_dropout=0.0,  # Qwen models train without dropout
         tensor_model_parallel_size=config.tensor_model_parallel_size,
         pipeline_model_parallel_size=config.pipeline_model_parallel_size,
+        num_layers_in_first_pipeline_stage=config.decoder_first_pipeline_num_layers,
         context_parallel_size=config.context_parallel_size,
         expert_model_parallel_size=config.expert_model_parallel_size,
         expert_tensor_parallel_size=config.expert_tensor_parallel_size,
         sequence_parallel=config.sequence_parallel,
         bf16=config.precision == "bf16", fp16=config.precision == "fp16",
-        params_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision, torch.float32),
+        params_dtype=dtype, pipeline_dtype=dtype,  # pipeline_dtype: what stages send each other
         use_cpu_initialization=cpu, perform_initialization=True,
         calculate_per_token_loss=True, batch_p2p_comm=not cpu,
         moe_token_dispatcher_type="allgather" if cpu else "alltoall",
     )
     gpt = gpt_model_kwargs(preset)
     gpt["max_sequence_length"] = max(gpt["max_sequence_length"], config.seq_length)
-    if uses_transformer_engine():  # GPU with TransformerEngine: fused kernels and THD packed attention
+    if not local_spec and uses_transformer_engine():  # GPU with TransformerEngine: fused kernels and THD packed attention
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         spec = get_gpt_layer_with_transformer_engine_spec(num_experts=preset.num_experts,
                                                           moe_grouped_gemm=preset.is_moe, qk_layernorm=preset.qk_layernorm)
     else:
         spec = layer_spec(preset)
-    model = GPTModel(config=tconfig, transformer_layer_spec=spec, **gpt)
+    from megatron.core import parallel_state
+
+    staged = parallel_state.model_parallel_is_initialized()  # a pipeline stage holds only its part
+    model = GPTModel(config=tconfig, transformer_layer_spec=spec, **gpt,
+                     pre_process=not staged or parallel_state.is_pipeline_first_stage(ignore_virtual=True),
+                     post_process=not staged or parallel_state.is_pipeline_last_stage(ignore_virtual=True))
     if config.precision in ("bf16", "fp16"):
         from megatron.core.transformer.module import Float16Module
 
