@@ -74,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {params / 1e9:.3f} B parameters, {model_mb:,.0f} MB bf16 in {len(shards)} shards "
               f"(largest {largest_mb:,.0f} MB)", flush=True)
         figures = {"parameters": params, "model_mb": model_mb, "largest_shard_mb": largest_mb}
-        for name, cmd in (("hf2mcore", ["hf2mcore", "--load", hf, "--save", mc, "--precision", "bf16"]),
-                          ("mcore2hf", ["mcore2hf", "--load", mc, "--save", back, "--precision", "bf16", "--max-shard-size", "1GB"])):
+        small = os.path.join(work, "back-small")
+        runs = (("hf2mcore", ["hf2mcore", "--load", hf, "--save", mc, "--precision", "bf16"]),
+                ("mcore2hf", ["mcore2hf", "--load", mc, "--save", back, "--precision", "bf16", "--max-shard-size", "1GB"]),
+                # memory follows the output shard size, not the model
+                ("mcore2hf_300MB_shards", ["mcore2hf", "--load", mc, "--save", small, "--precision", "bf16",
+                                           "--max-shard-size", "300MB"]))
+        for name, cmd in runs:
             wall, peak = timed("trainer_bridge.convert", cmd)
             figures[name] = {"seconds": round(wall, 2), "peak_rss_mb": round(peak)}
             print(f"  {name}: {wall:6.1f} s, peak RSS {peak:,.0f} MB = {peak / largest_mb:.1f}x the largest shard, "

@@ -248,3 +248,67 @@ def test_tied_model_in_pp2_trains_like_one_process(tmp_path):
     pp2 = train_from_hf(src, prefix, tmp_path / "pp2", tmp_path, "--pipeline-model-parallel-size", "2", port=29550)
     assert sorted(one) == sorted(pp2) == [1, 2]
     np.testing.assert_allclose([pp2[i] for i in (1, 2)], [one[i] for i in (1, 2)], rtol=1e-5)
+
+
+def convert(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ROOT / "trainer_bridge" / "scripts" / "convert.sh"), *map(str, args)],
+                          env=cli_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_pai_positional_script_round_trip(tmp_path):
+    """Pai's converter order (MODEL_SIZE LOAD SAVE MG2HF USE_CUDA PR [HF_DIR]) both ways."""
+    from safetensors.torch import load_file
+
+    src = tiny_model("qwen2", False, tmp_path / "hf")
+    done = convert("hf", src, tmp_path / "mcore", "false", "true", "fp32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = convert("hf", tmp_path / "mcore", tmp_path / "back", "true", "true", "fp32", src)
+    assert done.returncode == 0, done.stderr[-2000:]
+    original = load_file(str(src / "model.safetensors"))
+    back = {}
+    for file in (tmp_path / "back").glob("model-*.safetensors"):
+        back.update(load_file(str(file)))
+    assert sorted(back) == sorted(original)
+    assert all(torch.equal(back[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("size", "is not a 0.6B model"),
+    ("unknown-size", "unknown MODEL_SIZE '7B'"),
+    ("tp", "TP=3 does not divide the 4 attention heads"),
+    ("ep", "EP=2 needs a MoE model"),
+    ("not-empty", "exists and is not empty"),
+    ("no-hf-dir", "MG2HF=true needs HF_DIR"),
+    ("truncated", "is cut short"),
+    ("not-mcore", "not a megatron-core distributed checkpoint"),
+])
+def test_bad_conversions_are_one_line_and_write_nothing(tmp_path, case, expected):
+    src = tiny_model("qwen3", False, tmp_path / "hf")
+    save = tmp_path / "out"
+    pai = {"size": ("0.6B", src, save, "false", "true", "fp32"),
+           "unknown-size": ("7B", src, save, "false", "true", "fp32"),
+           "no-hf-dir": ("hf", src, save, "true", "true", "fp32")}
+    if case in pai:
+        done = convert(*pai[case])
+    elif case == "tp":
+        done = convert("hf2mcore", "--load", src, "--save", save, "--target-tensor-parallel-size", "3")
+    elif case == "ep":
+        done = convert("hf2mcore", "--load", src, "--save", save, "--ep", "2")
+    elif case == "not-empty":
+        save.mkdir()
+        (save / "keep.txt").write_text("mine")
+        done = convert("hf2mcore", "--load", src, "--save", save)
+    elif case == "truncated":
+        weights = src / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        done = convert("hf2mcore", "--load", src, "--save", save)
+    else:
+        done = convert("mcore2hf", "--load", src, "--save", save)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, last
+    if case == "not-empty":
+        assert [p.name for p in save.iterdir()] == ["keep.txt"]
+    else:
+        assert not save.exists()
+    assert not list(tmp_path.glob("out.tmp-*"))  # no half-written checkpoint left behind

@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", required=True, help="target directory (created; must not hold files)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--model-size", default=None,
-                        help="Pai's MODEL_SIZE (0.6B … A3B): checked against the HF config.json")
+                        help="Pai's MODEL_SIZE (0.6B … A3B): checked against the HF config.json; hf: no check")
     parser.add_argument("--target-tensor-parallel-size", "--tp", type=int, default=1, dest="tp",
                         help="hf2mcore: TP the checkpoint is meant for (checked; the checkpoint loads in any layout)")
     parser.add_argument("--target-pipeline-parallel-size", "--pp", type=int, default=1, dest="pp")
@@ -561,7 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             argv = _pai_arguments(argv)
         args = parser.parse_args(argv)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-        expect = get_preset(args.model_size) if args.model_size else None
+        expect = None
+        if args.model_size and args.model_size.lower() != "hf":
+            try:
+                expect = get_preset(args.model_size)
+            except ValueError as exc:
+                raise ConvertError(f"{exc}; or hf (the architecture of config.json, unchecked)") from None
         if args.direction == "hf2mcore":
             preset = hf2mcore(args.load, args.save, dtype, (args.tp, args.pp, args.ep), expect=expect)
         else:
