@@ -42,6 +42,8 @@ import json
 import os
 import shutil
 import sys
+import time
+import warnings
 from typing import Mapping
 
 import torch
@@ -333,9 +335,12 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
     check_sources(preset, table, hf)
     sharded, shapes = _mcore_layout(preset, dtype)
 
+    bar = _progress(len(table), "hf2mcore")
+
     def produce(name: str) -> torch.Tensor:
         how, sources = table[name]
         tensor = to_mcore(preset, how, [hf[s] for s in sources]).to(dtype)
+        bar.update(1)
         if tensor.shape != shapes[name]:
             raise ConvertError(f"{sources[0]}: shape {tuple(hf[sources[0]].shape)} does not fit the architecture "
                                f"({name} is {tuple(shapes[name])})")
@@ -350,8 +355,17 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     _publish(tmp, dst)
     return preset
+
+
+def _progress(total: int, what: str):
+    """A tqdm bar over tensors on a terminal (none when output is captured)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit=" tensors", disable=None, file=sys.stderr)
 
 
 class _CheckpointPieces:
@@ -492,6 +506,7 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     read = _CheckpointPieces(src, layout, shapes)
     groups = _shard_groups(table, shapes, dtype, max_shard_bytes)
     tmp = _new_dir(dst)
+    bar = _progress(len(table), "mcore2hf")
     try:
         index = {"metadata": {"total_size": 0}, "weight_map": {}}
         for i, group in enumerate(groups, 1):
@@ -503,6 +518,7 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
             save_file(shard, os.path.join(tmp, file), metadata={"format": "pt"})
             index["weight_map"].update(dict.fromkeys(shard, file))
             index["metadata"]["total_size"] += sum(t.numel() * t.element_size() for t in shard.values())
+            bar.update(len(group))
             del shard
         index["weight_map"] = dict(sorted(index["weight_map"].items()))
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
@@ -514,6 +530,8 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     _publish(tmp, dst)
     return preset
 
@@ -556,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-config", default=None,
                         help="mcore2hf: the HF directory (or hf2mcore checkpoint) giving config.json and the "
                              "tokenizer, e.g. for a trainer's iter_N directory (default: --load)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    debug = "--debug" in argv
+    if debug and argv[0] not in ("hf2mcore", "mcore2hf"):
+        argv.remove("--debug")  # Pai's positional form: allowed anywhere
+    warnings.filterwarnings("ignore", module=r"megatron\.core|torch\.distributed\.checkpoint")  # not about the data
+    started = time.perf_counter()
     try:
         if argv and argv[0] not in ("hf2mcore", "mcore2hf") and not argv[0].startswith("-"):
             argv = _pai_arguments(argv)
@@ -572,10 +596,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             preset = mcore2hf(args.load, args.save, dtype, args.max_shard_size, args.hf_config, expect=expect)
     except (ConvertError, ValueError, OSError) as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.direction}: {preset.hf_model_type}, {preset.num_layers} layers, hidden {preset.hidden_size} "
-          f"→ {args.save}")
+    except Exception as exc:  # anything unexpected: one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    from trainer_bridge.presets import param_count
+
+    print(f"{args.direction}: {preset.hf_model_type}, {preset.num_layers} layers, hidden {preset.hidden_size}, "
+          f"{param_count(preset) / 1e9:.2f} B parameters in {args.precision} → {args.save} "
+          f"({time.perf_counter() - started:.1f} s)")
     return 0
 
 
