@@ -312,3 +312,26 @@ def test_bad_conversions_are_one_line_and_write_nothing(tmp_path, case, expected
     else:
         assert not save.exists()
     assert not list(tmp_path.glob("out.tmp-*"))  # no half-written checkpoint left behind
+
+
+def test_bf16_directory_is_cached_in_bf16_and_loses_nothing(tmp_path):
+    """An HF directory stored in bf16 is converted (once, cached) in bf16, the model's own
+    precision: the cache is the size of the model, and an fp32 run from it starts exactly where
+    one from the same weights written in fp32 starts."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_model("qwen3", True, tmp_path / "hf")
+    bf16 = AutoModelForCausalLM.from_pretrained(str(src)).to(torch.bfloat16)
+    bf16.save_pretrained(str(tmp_path / "bf16"))
+    bf16.to(torch.float32).save_pretrained(str(tmp_path / "fp32"))  # the same values, exactly
+    prefix = token_data(tmp_path, seed=3)
+    from_bf16 = train_from_hf(tmp_path / "bf16", prefix, tmp_path / "a", tmp_path)
+    from_fp32 = train_from_hf(tmp_path / "fp32", prefix, tmp_path / "b", tmp_path)
+    assert from_bf16[1] == pytest.approx(from_fp32[1], rel=1e-6)
+    cached = sorted((tmp_path / "cache" / "hf2mcore").iterdir())
+    assert len(cached) == 2
+    dtypes = sorted(",".join(sorted({str(md.properties.dtype) for md in
+                                     FileSystemReader(str(c)).read_metadata().state_dict_metadata.values()
+                                     if hasattr(md, "properties")})) for c in cached)
+    assert dtypes == ["torch.bfloat16", "torch.float32"]  # one cache entry each, in its own precision

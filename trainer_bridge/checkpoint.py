@@ -76,40 +76,63 @@ def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> st
 
 def converted_hf(path: str, wanted) -> str:
     """`path` itself, or for a Hugging Face model directory (it has a config.json) its
-    megatron-core conversion, made once by rank 0 and cached under $DATAPREP_CACHE/hf2mcore
-    (keyed by the path and its files' sizes and times)."""
+    megatron-core conversion in the model's own precision, made once per machine by local rank 0
+    and cached under $DATAPREP_CACHE/hf2mcore (keyed by the path and its files' sizes and times).
+    The other ranks wait for it on the filesystem, not in a collective that could time out."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         return path
     import hashlib
     import json
     import subprocess
     import sys
+    import time
 
     from dataset_engine.sft import default_cache_dir
     from trainer_bridge.presets import preset_from_hf, same_architecture
 
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        found = preset_from_hf(json.load(f))
+        hf_config = json.load(f)
+    found = preset_from_hf(hf_config)
     if not same_architecture(found, wanted):
         raise ValueError(f"{path}: its config.json is not the architecture of MODEL_SIZE {wanted.name} "
                          f"(--model-size hf takes the directory's own)")
+    # the stored precision: lossless and the smallest copy (loading casts to the run's precision)
+    precision = {"bfloat16": "bf16", "float16": "fp16"}.get(
+        str(hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"), "fp32")
     key = hashlib.blake2b(digest_size=12)
-    key.update(os.path.abspath(path).encode())
+    key.update(f"{os.path.abspath(path)}:{precision}".encode())
     for name in sorted(os.listdir(path)):
         st = os.stat(os.path.join(path, name))
         key.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     target = os.path.join(default_cache_dir(), "hf2mcore", key.hexdigest())
-    if torch.distributed.get_rank() == 0 and not os.path.isdir(target):
+    failed, started = target + ".failed", time.time()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.isdir(target):
         tmp = f"{target}.tmp-{os.getpid()}"
+        if os.path.exists(failed):
+            os.remove(failed)
         # a process of its own, outside this job's process group and torchrun's rendezvous
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "GROUP_", "ROLE_"))
                and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         done = subprocess.run([sys.executable, "-m", "trainer_bridge.convert", "hf2mcore", "--load", path,
-                               "--save", tmp], env=env, capture_output=True, text=True)
+                               "--save", tmp, "--precision", precision], env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ValueError(f"{path}: converting to megatron-core failed: "
-                             f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        os.replace(tmp, target)
+            error = f"{path}: converting to megatron-core failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+            with open(failed, "w", encoding="utf-8") as f:
+                f.write(error)
+            raise ValueError(error)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another machine sharing the cache finished first
+            if not os.path.isdir(target):
+                raise
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    while not os.path.isdir(target):
+        if os.path.exists(failed) and os.path.getmtime(failed) >= started:  # not an earlier run's
+            with open(failed, encoding="utf-8") as f:
+                raise ValueError(f.read())
+        time.sleep(1.0)
     torch.distributed.barrier()
     return target
 
