@@ -116,12 +116,17 @@ def test_block_causal_mask_keeps_documents_apart():
     assert torch.equal(allowed, expected)
 
 
-def test_bad_options_are_one_line_errors(data):
+@pytest.mark.parametrize("options,message", [
+    (["--dataset-type", "raw"], "error: --dataset-type raw is for SFT data (alpaca/messages/ShareGPT json): add --sft"),
+    (["--context-parallel-size", "2"], "error: --context-parallel-size 2 (CP): context parallelism is not supported "
+                                       "by the bundled trainer yet; use CP=1"),
+])
+def test_bad_options_are_one_line_errors(data, options, message):
     cmd = [sys.executable, "-m", "trainer_bridge.train", "--model-size", "tiny", "--data-path", str(data["pretrain"]),
-           "--train-iters", "2", "--dataset-type", "raw"]
+           "--train-iters", "2", *options]
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: --dataset-type raw is for SFT data (alpaca/messages/ShareGPT json): add --sft"
+    assert done.stderr.strip() == message
 
 
 def test_tensor_parallel_2_on_cpu_matches_tp1(data):

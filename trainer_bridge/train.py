@@ -87,6 +87,11 @@ class TrainConfig:
             raise ValueError(f"--pad-length {self.pad_length} exceeds --seq-length {self.seq_length}")
         if self.model_size.lower() == "hf" and not (self.load and os.path.isfile(os.path.join(self.load, "config.json"))):
             raise ValueError("--model-size hf takes the architecture from a Hugging Face directory given as --load")
+        if self.context_parallel_size != 1:
+            # each CP rank must get its slice of every sequence (and of packed boundaries); training
+            # whole sequences on every CP rank would be silently wrong, so refuse until that exists
+            raise ValueError(f"--context-parallel-size {self.context_parallel_size} (CP): context parallelism is "
+                             "not supported by the bundled trainer yet; use CP=1")
 
     def preset(self):
         """The architecture: a named preset, or (`--model-size hf`) the --load directory's config.json."""
