@@ -14,14 +14,13 @@ from conftest import ROOT, cli_env
 
 SCRIPT = r'''
 import json, sys, torch
-from megatron.core import dist_checkpointing
+from trainer_bridge.checkpoint import checkpoint_dir, load_weights
 from trainer_bridge.convert import _model, read_hf_config
 from trainer_bridge.presets import preset_from_hf
 src, ckpt, tokens = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 preset = preset_from_hf(read_hf_config(src))
 model = _model(preset, torch.float32)
-state = dist_checkpointing.load({"model": model.sharded_state_dict(prefix="")}, ckpt)["model"]
-model.load_state_dict(state, strict=False)
+load_weights(model, model.sharded_state_dict(prefix=""), checkpoint_dir(ckpt))
 model.eval()
 ids = torch.tensor([tokens])
 pos = torch.arange(len(tokens)).unsqueeze(0)
@@ -84,7 +83,20 @@ def test_hf2mcore_logits_and_back(tmp_path, family, tie):
 
     src = tiny_model(family, tie, tmp_path / "hf")
     ckpt, back = tmp_path / "mcore", tmp_path / "back"
-    run("-m", "trainer_bridge.convert", "hf2mcore", "--load", src, "--save", ckpt)
+    layout = ["--tp", "2", "--pp", "2"] + (["--ep", "2"] if family == "qwen3_moe" else [])
+    run("-m", "trainer_bridge.convert", "hf2mcore", "--load", src, "--save", ckpt, *layout)
+    # Megatron-LM's layout, as Pai's converters write it: release/ named by the tracker file, and
+    # the args Megatron-LM reads in common.pt
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "release"
+    assert (ckpt / "release" / "metadata.json").is_file() and (ckpt / "hf_config.json").is_file()
+    import argparse
+    with torch.serialization.safe_globals([argparse.Namespace, torch.float32.__class__]):
+        common = torch.load(ckpt / "release" / "common.pt", map_location="cpu")
+    assert common["checkpoint_version"] == 3.0
+    args = common["args"]
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (2, 2)
+    assert args.expert_model_parallel_size == (2 if family == "qwen3_moe" else 1)
+    assert args.num_layers == 2 and args.untie_embeddings_and_output_weights == (not tie)
     tokens = [3, 17, 5, 88, 41, 2, 60, 9]
     got = torch.tensor(json.loads(run("-c", SCRIPT, src, ckpt, json.dumps(tokens)).strip().splitlines()[-1]))
     hf = AutoModelForCausalLM.from_pretrained(str(src)).eval()
@@ -122,9 +134,9 @@ def test_unknown_family_is_one_line(tmp_path):
 
 TP_SCRIPT = r'''
 import json, sys, torch
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from trainer_bridge import cpu_compat
-from trainer_bridge.checkpoint import converted_hf
+from trainer_bridge.checkpoint import checkpoint_dir, converted_hf, load_weights
 from trainer_bridge.train import build_model, init_distributed, parse_args
 hf_dir, tokens = sys.argv[1], json.loads(sys.argv[2])
 init_distributed()
@@ -134,8 +146,7 @@ tensor_parallel.model_parallel_cuda_manual_seed(0, inference_rng_tracker=True, f
 config = parse_args(["--model-size", "hf", "--load", hf_dir, "--data-path", "-", "--train-iters", "1",
                      "--tensor-model-parallel-size", "2", "--precision", "fp32"])
 model, _ = build_model(config, cpu=True)
-state = dist_checkpointing.load({"model": model.sharded_state_dict(prefix="")}, converted_hf(hf_dir, config.preset()))
-model.load_state_dict(state["model"], strict=False)
+load_weights(model, model.sharded_state_dict(prefix=""), checkpoint_dir(converted_hf(hf_dir, config.preset())))
 model.eval()
 ids = torch.tensor([tokens])
 pos = torch.arange(len(tokens)).unsqueeze(0)
@@ -332,6 +343,25 @@ def test_bf16_directory_is_cached_in_bf16_and_loses_nothing(tmp_path):
     cached = sorted((tmp_path / "cache" / "hf2mcore").iterdir())
     assert len(cached) == 2
     dtypes = sorted(",".join(sorted({str(md.properties.dtype) for md in
-                                     FileSystemReader(str(c)).read_metadata().state_dict_metadata.values()
+                                     FileSystemReader(str(c / "release")).read_metadata().state_dict_metadata.values()
                                      if hasattr(md, "properties")})) for c in cached)
     assert dtypes == ["torch.bfloat16", "torch.float32"]  # one cache entry each, in its own precision
+
+
+def test_pai_converted_checkpoint_as_load(tmp_path):
+    """A checkpoint in the layout Pai's converters write (config.json and tokenizer copied beside
+    release/ and the tracker file; common.pt holding Megatron-LM's pickled args) is taken as
+    start weights, not mistaken for an HF directory, and its common.pt is not unpickled: the run
+    starts where one from the HF directory starts."""
+    import shutil
+
+    src = tiny_model("qwen3", False, tmp_path / "hf")
+    pai = tmp_path / "Qwen3-tiny-to-mcore"
+    run("-m", "trainer_bridge.convert", "hf2mcore", "--load", src, "--save", pai)
+    shutil.copy(src / "config.json", pai / "config.json")
+    (pai / "release" / "common.pt").write_bytes(b"Megatron-LM args of classes this process cannot import")
+    prefix = token_data(tmp_path, seed=4)
+    from_hf = train_from_hf(src, prefix, tmp_path / "a", tmp_path)
+    from_pai = train_from_hf(pai, prefix, tmp_path / "b", tmp_path)
+    assert from_pai[1] == pytest.approx(from_hf[1], rel=1e-6)
+    assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # the HF directory's; not the Pai one

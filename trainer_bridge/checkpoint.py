@@ -79,7 +79,8 @@ def converted_hf(path: str, wanted) -> str:
     megatron-core conversion in the model's own precision, made once per machine by local rank 0
     and cached under $DATAPREP_CACHE/hf2mcore (keyed by the path and its files' sizes and times).
     The other ranks wait for it on the filesystem, not in a collective that could time out."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if not os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, LATEST)) \
+            or os.path.isfile(os.path.join(path, "metadata.json")):  # Pai's converters copy config.json too
         return path
     import hashlib
     import json
@@ -158,8 +159,46 @@ def load(config, ddp, optimizer, scheduler) -> dict | None:
             _set_rng_state(state["rng"])
         return {"iteration": int(state["iteration"]), "consumed_samples": int(state["consumed_samples"])}
     if config.load:
-        model = _model_state(ddp)
-        state = dist_checkpointing.load({"model": model}, converted_hf(config.load, config.preset()))
         target = ddp.module.module if hasattr(ddp.module, "module") else ddp.module
-        target.load_state_dict(state["model"])
+        load_weights(target, _model_state(ddp), checkpoint_dir(converted_hf(config.load, config.preset())))
     return None
+
+
+def checkpoint_dir(path: str) -> str:
+    """The distributed checkpoint a --load path stands for: itself, or for a save directory (ours,
+    Megatron-LM's or Pai's converters') the one its latest_checkpointed_iteration.txt names
+    (`release` or `iter_N`)."""
+    tracker = os.path.join(path, LATEST)
+    if os.path.isfile(os.path.join(path, "metadata.json")) or not os.path.isfile(tracker):
+        return path
+    with open(tracker, encoding="utf-8") as f:
+        text = f.read().strip()
+    if text == "release":
+        return os.path.join(path, "release")
+    try:
+        return os.path.join(path, f"iter_{int(text):07d}")
+    except ValueError:
+        raise ValueError(f"{tracker}: expected an iteration number or 'release', found {text[:40]!r}") from None
+
+
+def load_weights(module, sharded_state_dict: dict, path: str) -> None:
+    """Start weights from a distributed checkpoint: only the model's tensors are read. Its
+    common.pt (pickled objects, e.g. Megatron-LM's args) and modules' extra state are left alone,
+    so checkpoints written by Megatron-LM or Pai's converters load as well as ours."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+
+    class TensorsOnly(TorchCommonLoadStrategy):
+        def load_common(self, checkpoint_dir):
+            return {}
+
+    if not os.path.isfile(os.path.join(path, "metadata.json")):
+        raise ValueError(f"{path}: not a megatron-core distributed checkpoint (no metadata.json), nor a "
+                         "directory with latest_checkpointed_iteration.txt or a Hugging Face config.json")
+    tensors = {k: v for k, v in sharded_state_dict.items() if not isinstance(v, ShardedObject)}
+    state = dist_checkpointing.load({"model": tensors}, path, common_strategy=TensorsOnly())["model"]
+    missing = [k for k in module.state_dict() if k not in state and not k.endswith("._extra_state")]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint does not give {', '.join(missing[:3])}")
+    module.load_state_dict(state, strict=False)

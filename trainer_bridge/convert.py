@@ -5,9 +5,12 @@
     sh trainer_bridge/scripts/convert.sh 0.6B /mnt/qwen3-0.6b /mnt/qwen3-0.6b-mcore false true bf16   # Pai's order
 
 The architecture is read from the HF `config.json` (`trainer_bridge.presets.preset_from_hf`).
-hf2mcore writes a megatron-core distributed checkpoint (torch_dist, ``{"model": ...}``: what the
-trainer's `--load` / PRETRAIN_CHECKPOINT_PATH reads) plus `hf_config.json` and the tokenizer
-files; mcore2hf writes `config.json`, sharded `model-0000x-of-0000y.safetensors` with their index
+hf2mcore writes Megatron-LM's checkpoint layout, as Pai's converters do: `SAVE/release/` holds a
+megatron-core distributed checkpoint (torch_dist, ``{"model": ...}`` with Megatron-LM's `args` and
+`checkpoint_version` in common.pt), `SAVE/latest_checkpointed_iteration.txt` says `release`, and
+`hf_config.json` and the tokenizer files sit beside them; the trainer's `--load` /
+PRETRAIN_CHECKPOINT_PATH (and Pai's trainer) takes SAVE. mcore2hf reads that, a trainer's save
+directory (its latest iteration) or one `iter_N` directory, and writes `config.json`, sharded `model-0000x-of-0000y.safetensors` with their index
 and the tokenizer files. Both stream: hf2mcore builds the model on the meta device only for its
 checkpoint layout and converts each tensor when the writer asks for it; mcore2hf reads one output
 shard's tensors at a time. Memory stays near the largest tensor group, not the model.
@@ -48,6 +51,7 @@ from typing import Mapping
 
 import torch
 
+from trainer_bridge.checkpoint import LATEST
 from trainer_bridge.presets import ModelPreset, get_preset, preset_from_hf, same_architecture
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -303,6 +307,25 @@ def _streaming_strategy(produce):
     return Streaming("torch_dist", 1)
 
 
+def _megatron_args(preset: ModelPreset, dtype: torch.dtype, layout: tuple[int, int, int]) -> argparse.Namespace:
+    """The `args` Megatron-LM keeps in a checkpoint's common.pt, for trainers that read them
+    (parallel sizes for its RNG check; the architecture for --use-checkpoint-args)."""
+    tp, pp, ep = layout
+    moe = dict(num_experts=preset.num_experts, moe_router_topk=preset.moe_router_topk,
+               moe_ffn_hidden_size=preset.moe_ffn_hidden_size) if preset.is_moe else {}
+    return argparse.Namespace(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep,
+        num_layers=preset.num_layers, hidden_size=preset.hidden_size, ffn_hidden_size=preset.ffn_hidden_size,
+        num_attention_heads=preset.num_attention_heads, group_query_attention=True,
+        num_query_groups=preset.num_query_groups, kv_channels=preset.kv_channels,
+        max_position_embeddings=preset.max_position_embeddings, position_embedding_type="rope",
+        rotary_base=preset.rotary_base, normalization="RMSNorm", norm_epsilon=preset.norm_epsilon, swiglu=True,
+        add_bias_linear=False, add_qkv_bias=preset.add_qkv_bias, qk_layernorm=preset.qk_layernorm,
+        untie_embeddings_and_output_weights=not preset.tie_word_embeddings, padded_vocab_size=preset.vocab_size,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, params_dtype=dtype, no_save_rng=True,
+        no_save_optim=True, ckpt_format="torch_dist", **moe)
+
+
 def _new_dir(path: str) -> str:
     """A temporary sibling of `path` to fill and rename once complete; refuses a non-empty `path`."""
     if os.path.isdir(path) and os.listdir(path):
@@ -348,7 +371,15 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
 
     tmp = _new_dir(dst)
     try:
-        dist_checkpointing.save({"model": sharded}, tmp, sharded_strategy=_streaming_strategy(produce))
+        # Megatron-LM's layout (what Pai's converters write): release/ named by the tracker file, and
+        # in common.pt the args Megatron-LM reads (parallel sizes, architecture) and checkpoint_version
+        # 3.0 (an older one would make it reorder q/k/v)
+        state = {"model": sharded, "args": _megatron_args(preset, dtype, layout), "checkpoint_version": 3.0,
+                 "iteration": 0}
+        os.makedirs(os.path.join(tmp, "release"))
+        dist_checkpointing.save(state, os.path.join(tmp, "release"), sharded_strategy=_streaming_strategy(produce))
+        with open(os.path.join(tmp, LATEST), "w", encoding="utf-8") as f:
+            f.write("release")
         with open(os.path.join(tmp, "hf_config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
         _copy_tokenizer(src, tmp)
@@ -472,18 +503,6 @@ def shard_size(text: str) -> int:
     return value
 
 
-def latest_iteration(path: str) -> str:
-    """`path`, or for a trainer's save directory its latest `iter_N` (as Pai's converters do)."""
-    from trainer_bridge.checkpoint import LATEST
-
-    marker = os.path.join(path, LATEST)
-    if os.path.isfile(os.path.join(path, "metadata.json")) or not os.path.isfile(marker):
-        return path
-    with open(marker, encoding="utf-8") as f:
-        text = f.read().strip()
-    return os.path.join(path, "release" if text == "release" else f"iter_{int(text):07d}")
-
-
 def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_bytes: int = 5 * 10**9,
              hf_config_dir: str | None = None, expect: ModelPreset | None = None) -> ModelPreset:
     """Convert a megatron-core checkpoint (hf2mcore's, or a trainer's `iter_N` directory) back to
@@ -493,9 +512,12 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     its latest iteration (latest_checkpointed_iteration.txt)."""
     from safetensors.torch import save_file
 
-    src = latest_iteration(src)
+    from trainer_bridge.checkpoint import checkpoint_dir
 
-    meta = hf_config_dir or src
+    ckpt = checkpoint_dir(src)
+    # the architecture: --hf-config, else hf2mcore's hf_config.json beside the checkpoint
+    candidates = [hf_config_dir] if hf_config_dir else [src, os.path.dirname(os.path.abspath(ckpt))]
+    meta = next((c for c in candidates if os.path.isfile(os.path.join(c, "hf_config.json"))), candidates[0])
     has_hf_config = os.path.isfile(os.path.join(meta, "hf_config.json"))
     hf_config = read_hf_config(meta, "hf_config.json" if has_hf_config else "config.json")
     preset = preset_from_hf(hf_config)
@@ -503,7 +525,7 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
         raise ConvertError(f"{meta} is not a {expect.name} model (its config differs in architecture)")
     table = tensor_map(preset)
     layout, shapes = _mcore_layout(preset, dtype)
-    read = _CheckpointPieces(src, layout, shapes)
+    read = _CheckpointPieces(ckpt, layout, shapes)
     groups = _shard_groups(table, shapes, dtype, max_shard_bytes)
     tmp = _new_dir(dst)
     bar = _progress(len(table), "mcore2hf")
