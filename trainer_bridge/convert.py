@@ -41,6 +41,7 @@ and `model.embed_tokens` ↔ `embedding.word_embeddings`, `model.norm` ↔
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -326,19 +327,25 @@ def _megatron_args(preset: ModelPreset, dtype: torch.dtype, layout: tuple[int, i
         no_save_optim=True, ckpt_format="torch_dist", **moe)
 
 
-def _new_dir(path: str) -> str:
-    """A temporary sibling of `path` to fill and rename once complete; refuses a non-empty `path`."""
+@contextlib.contextmanager
+def _output_dir(path: str, tensors: int, what: str):
+    """(a temporary sibling of `path` to fill, a progress bar over `tensors`): renamed to `path`
+    when the block completes, removed when it fails. A non-empty `path` is refused."""
     if os.path.isdir(path) and os.listdir(path):
         raise ConvertError(f"{path} exists and is not empty; remove it or choose another --save")
     tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    return tmp
-
-
-def _publish(tmp: str, path: str) -> None:
+    bar = _progress(tensors, what)
+    try:
+        yield tmp, bar
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
     if os.path.isdir(path):
-        os.rmdir(path)  # empty (checked by _new_dir)
+        os.rmdir(path)  # empty (checked above)
     os.replace(tmp, path)
 
 
@@ -358,8 +365,6 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
     check_sources(preset, table, hf)
     sharded, shapes = _mcore_layout(preset, dtype)
 
-    bar = _progress(len(table), "hf2mcore")
-
     def produce(name: str) -> torch.Tensor:
         how, sources = table[name]
         tensor = to_mcore(preset, how, [hf[s] for s in sources]).to(dtype)
@@ -369,8 +374,7 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
                                f"({name} is {tuple(shapes[name])})")
         return tensor
 
-    tmp = _new_dir(dst)
-    try:
+    with _output_dir(dst, len(table), "hf2mcore") as (tmp, bar):
         # Megatron-LM's layout (what Pai's converters write): release/ named by the tracker file, and
         # in common.pt the args Megatron-LM reads (parallel sizes, architecture) and checkpoint_version
         # 3.0 (an older one would make it reorder q/k/v)
@@ -383,12 +387,6 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
         with open(os.path.join(tmp, "hf_config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
         _copy_tokenizer(src, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    _publish(tmp, dst)
     return preset
 
 
@@ -527,9 +525,7 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     layout, shapes = _mcore_layout(preset, dtype)
     read = _CheckpointPieces(ckpt, layout, shapes)
     groups = _shard_groups(table, shapes, dtype, max_shard_bytes)
-    tmp = _new_dir(dst)
-    bar = _progress(len(table), "mcore2hf")
-    try:
+    with _output_dir(dst, len(table), "mcore2hf") as (tmp, bar):
         index = {"metadata": {"total_size": 0}, "weight_map": {}}
         for i, group in enumerate(groups, 1):
             shard = {}
@@ -549,12 +545,6 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
         _copy_tokenizer(meta, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    _publish(tmp, dst)
     return preset
 
 
