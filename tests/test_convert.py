@@ -358,10 +358,12 @@ def test_pai_converted_checkpoint_as_load(tmp_path):
     src = tiny_model("qwen3", False, tmp_path / "hf")
     pai = tmp_path / "Qwen3-tiny-to-mcore"
     run("-m", "trainer_bridge.convert", "hf2mcore", "--load", src, "--save", pai)
-    shutil.copy(src / "config.json", pai / "config.json")
-    (pai / "release" / "common.pt").write_bytes(b"Megatron-LM args of classes this process cannot import")
     prefix = token_data(tmp_path, seed=4)
     from_hf = train_from_hf(src, prefix, tmp_path / "a", tmp_path)
-    from_pai = train_from_hf(pai, prefix, tmp_path / "b", tmp_path)
+    from_ours = train_from_hf(pai, prefix, tmp_path / "b", tmp_path)  # --model-size hf: its hf_config.json
+    shutil.copy(src / "config.json", pai / "config.json")
+    (pai / "release" / "common.pt").write_bytes(b"Megatron-LM args of classes this process cannot import")
+    from_pai = train_from_hf(pai, prefix, tmp_path / "c", tmp_path)
+    assert from_ours[1] == pytest.approx(from_hf[1], rel=1e-6)
     assert from_pai[1] == pytest.approx(from_hf[1], rel=1e-6)
     assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # the HF directory's; not the Pai one

@@ -346,3 +346,25 @@ def test_script_wrong_parameter_count_exits_2():
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: expected 27 positional parameters, got 26: missing OUTPUT_BASEPATH")
+
+
+def test_model_size_hf_takes_the_checkpoints_architecture(tmp_path):
+    """MODEL_SIZE=hf: the architecture of PRETRAIN_CHECKPOINT_PATH (an HF directory's config.json or
+    an hf2mcore checkpoint's hf_config.json), e.g. Qwen2.5-7B, which has no preset."""
+    import json
+
+    qwen25_7b = {"model_type": "qwen2", "num_hidden_layers": 28, "hidden_size": 3584, "intermediate_size": 18944,
+                 "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                 "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                 "tie_word_embeddings": False}
+    for name in ("config.json", "hf_config.json"):
+        ckpt = tmp_path / name.split(".")[0]
+        ckpt.mkdir()
+        (ckpt / name).write_text(json.dumps(qwen25_7b))
+        dense = dict(MODEL_SIZE="hf", PRETRAIN_CHECKPOINT_PATH=str(ckpt), EP="1", ETP="1")
+        run = launch(**dense)
+        assert opt(run.entry, "--model-size") == "hf" and opt(run.entry, "--load") == str(ckpt)
+        with pytest.raises(LaunchError, match="TP=8 must divide hf's 28 attention heads"):
+            launch(**dict(dense, TP="8", PP="1"))
+    with pytest.raises(LaunchError, match=r"MODEL_SIZE hf takes the architecture from the checkpoint: \(none\) is neither"):
+        launch(MODEL_SIZE="hf", PRETRAIN_CHECKPOINT_PATH="none")

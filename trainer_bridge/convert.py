@@ -10,10 +10,10 @@ megatron-core distributed checkpoint (torch_dist, ``{"model": ...}`` with Megatr
 `checkpoint_version` in common.pt), `SAVE/latest_checkpointed_iteration.txt` says `release`, and
 `hf_config.json` and the tokenizer files sit beside them; the trainer's `--load` /
 PRETRAIN_CHECKPOINT_PATH (and Pai's trainer) takes SAVE. mcore2hf reads that, a trainer's save
-directory (its latest iteration) or one `iter_N` directory, and writes `config.json`, sharded `model-0000x-of-0000y.safetensors` with their index
-and the tokenizer files. Both stream: hf2mcore builds the model on the meta device only for its
-checkpoint layout and converts each tensor when the writer asks for it; mcore2hf reads one output
-shard's tensors at a time. Memory stays near the largest tensor group, not the model.
+directory (its latest iteration) or one `iter_N` directory, and writes `config.json`, sharded
+`model-0000x-of-0000y.safetensors` with their index and the tokenizer files. Both stream: hf2mcore
+builds the model on the meta device only for its checkpoint layout and converts each tensor when
+the writer asks for it; mcore2hf reads one output shard's tensors at a time. Memory stays near the largest tensor group, not the model.
 
 A distributed checkpoint stores every tensor whole (global shapes) and is resharded on load, so one
 conversion serves any TP/PP/EP; `--target-tensor-parallel-size` etc. check that the layout fits the

@@ -28,6 +28,8 @@ What each parameter becomes (Pai's semantics):
 * DATASET_PATH / VALID_DATASET_PATH → ``--data-path`` / ``--valid-data-path``; a blend such as
   ``"0.5 a 0.5 b"`` becomes several words. MP_DATASET_TYPE idxmap|raw → ``--dataset-type``;
   MP_SFT_PACKING=true → ``--sft-packing``.
+* MODEL_SIZE → ``--model-size``: a preset, or ``hf`` for PRETRAIN_CHECKPOINT_PATH's own architecture
+  (its ``config.json``, or ``hf_config.json`` in an hf2mcore checkpoint).
 * PRETRAIN_CHECKPOINT_PATH → ``--load`` (``none``: start from scratch) and ``--tokenizer-path``
   (DATAPREP_TOKENIZER_PATH overrides); ``--tokenizer`` is DATAPREP_TOKENIZER or Qwen3Tokenizer.
 * MP_PP0_LAYERS → ``--decoder-first-pipeline-num-layers``. MP_VP is Pai's layers per virtual stage
@@ -130,11 +132,19 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def _lookup(size: str, presets: Mapping[str, ModelPreset]) -> ModelPreset:
+def _lookup(size: str, presets: Mapping[str, ModelPreset], load: str) -> ModelPreset:
     for key, preset in presets.items():
         if key.lower() == size.lower():
             return preset
-    raise LaunchError(f"unknown MODEL_SIZE {size!r}; known: {', '.join(presets) or '(none)'}")
+    if size.lower() == "hf":  # the checkpoint's own architecture (e.g. Qwen2.5 sizes, which have no preset)
+        from trainer_bridge.presets import preset_from_directory
+
+        try:
+            return preset_from_directory(None if load in ("", "none") else load)
+        except ValueError as exc:
+            raise LaunchError(str(exc)) from None
+    raise LaunchError(f"unknown MODEL_SIZE {size!r}; known: {', '.join(presets) or '(none)'}, or hf (the "
+                      "architecture of PRETRAIN_CHECKPOINT_PATH)")
 
 
 def _paths(name: str, value: str) -> list[str]:
@@ -240,7 +250,7 @@ def pai_to_entry(argv: Sequence[str], env: Mapping[str, str], *,
     kind = p["ENV"]
     if kind not in ("dsw", "dlc"):
         raise LaunchError(f"ENV={kind!r} must be dsw (one machine) or dlc (PAI-DLC nodes)")
-    preset = _lookup(p["MODEL_SIZE"], presets)
+    preset = _lookup(p["MODEL_SIZE"], presets, p["PRETRAIN_CHECKPOINT_PATH"])
     mbs = _int("BATCH_SIZE", p["BATCH_SIZE"])
     gbs = _int("GLOBAL_BATCH_SIZE", p["GLOBAL_BATCH_SIZE"])
     lr = _float("LR", p["LR"])

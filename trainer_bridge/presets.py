@@ -165,6 +165,20 @@ def preset_from_hf(config: dict, name: str = "hf") -> ModelPreset:
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), **moe)
 
 
+def preset_from_directory(path: str | None) -> ModelPreset:
+    """The architecture of a Hugging Face directory (`config.json`) or of an hf2mcore checkpoint
+    (`hf_config.json`): what MODEL_SIZE / --model-size `hf` stands for."""
+    import json
+    import os
+
+    for name in ("config.json", "hf_config.json"):
+        if path and os.path.isfile(os.path.join(path, name)):
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                return preset_from_hf(json.load(f))
+    raise ValueError(f"MODEL_SIZE hf takes the architecture from the checkpoint: {path or '(none)'} is neither a "
+                     "Hugging Face directory (config.json) nor an hf2mcore checkpoint (hf_config.json)")
+
+
 # -- transformers ------------------------------------------------------------------------------
 def hf_config(preset: ModelPreset):
     """The `transformers` Qwen3Config / Qwen3MoeConfig of the preset's architecture."""

@@ -85,8 +85,8 @@ class TrainConfig:
                              f"{decay} (--lr-decay-iters, else --train-iters)")
         if self.pad_length is not None and self.pad_length > self.seq_length:
             raise ValueError(f"--pad-length {self.pad_length} exceeds --seq-length {self.seq_length}")
-        if self.model_size.lower() == "hf" and not (self.load and os.path.isfile(os.path.join(self.load, "config.json"))):
-            raise ValueError("--model-size hf takes the architecture from a Hugging Face directory given as --load")
+        if self.model_size.lower() == "hf":
+            self.preset()  # the --load directory must say what the architecture is
         if self.context_parallel_size != 1:
             # each CP rank must get its slice of every sequence (and of packed boundaries); training
             # whole sequences on every CP rank would be silently wrong, so refuse until that exists
@@ -94,15 +94,13 @@ class TrainConfig:
                              "not supported by the bundled trainer yet; use CP=1")
 
     def preset(self):
-        """The architecture: a named preset, or (`--model-size hf`) the --load directory's config.json."""
-        from trainer_bridge.presets import get_preset, preset_from_hf
+        """The architecture: a named preset, or (`--model-size hf`) the --load directory's config.json
+        (an HF directory) or hf_config.json (an hf2mcore checkpoint)."""
+        from trainer_bridge.presets import get_preset, preset_from_directory
 
         if self.model_size.lower() != "hf":
             return get_preset(self.model_size)
-        import json
-
-        with open(os.path.join(self.load, "config.json"), encoding="utf-8") as f:
-            return preset_from_hf(json.load(f))
+        return preset_from_directory(self.load)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
