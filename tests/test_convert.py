@@ -158,17 +158,23 @@ if torch.distributed.get_rank() == 0:
 '''
 
 
-def test_hf_directory_loads_into_tp2_with_the_same_logits(tmp_path):
-    """An HF directory given as --load is converted once (cached) and loads into a TP=2 model on
-    two gloo processes; the logits are the HF model's."""
+@pytest.mark.parametrize("given", ["hf-directory", "hf2mcore-tp2"])
+def test_tp2_load_gives_the_same_logits(tmp_path, given):
+    """A checkpoint converted for TP=2 (hf2mcore --tp 2), or an HF directory given as --load
+    (converted once, cached), loads into a TP=2 model on two gloo processes; the logits are the
+    HF model's."""
     from transformers import AutoModelForCausalLM
 
     src = tiny_model("qwen3", False, tmp_path / "hf")
+    load = src
+    if given == "hf2mcore-tp2":
+        load = tmp_path / "mcore-tp2"
+        run("-m", "trainer_bridge.convert", "hf2mcore", "--load", src, "--save", load, "--tp", "2")
     tokens = [5, 1, 77, 20, 33, 8]
     env = cli_env(DATAPREP_CACHE=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29547", "--no-python", sys.executable, "-c",
-                           TP_SCRIPT, str(src), json.dumps(tokens)],
+                           "--master_port", "29552" if given == "hf-directory" else "29551", "--no-python",
+                           sys.executable, "-c", TP_SCRIPT, str(load), json.dumps(tokens)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("LOGITS "))
@@ -176,7 +182,10 @@ def test_hf_directory_loads_into_tp2_with_the_same_logits(tmp_path):
     with torch.no_grad():
         want = AutoModelForCausalLM.from_pretrained(str(src)).eval()(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # converted once, cached
+    if given == "hf-directory":
+        assert len(list((tmp_path / "cache" / "hf2mcore").iterdir())) == 1  # converted once, cached
+    else:
+        assert not (tmp_path / "cache" / "hf2mcore").exists()  # used as it is
 
 
 def test_continue_from_hf_then_export(tmp_path):
