@@ -27,6 +27,14 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
+def logged_losses(stdout: str) -> dict[int, float]:
+    """The trainer's logged loss per iteration ("iteration   3/10 | lm loss 4.5…")."""
+    import re
+
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"iteration\s+(\d+)/\d+ \| lm loss ([0-9.]+)", stdout)}
+
+
 def cli_command(*args) -> list[str]:
     return [sys.executable, "-m", "dataprep.cli", *map(str, args)]
 

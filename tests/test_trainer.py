@@ -2,7 +2,6 @@
 SFT idxmaps (packed and padded) and raw json; raw and idxmap give the same losses; prompt and
 padding tokens carry no loss; stopping and resuming gives the losses of an uninterrupted run."""
 
-import re
 import subprocess
 import sys
 
@@ -10,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, logged_losses, run_cli
 
 SAMPLES = ROOT / "dataprep" / "samples"
 TOKENIZER = "DeepSeekV2Tokenizer"
-LINE = re.compile(r"iteration\s+(\d+)/\d+ \| lm loss ([0-9.]+)")
 
 
 def train(*args, timeout: float = 600) -> dict[int, float]:
@@ -24,7 +22,7 @@ def train(*args, timeout: float = 600) -> dict[int, float]:
            "--log-interval", "1", "--eval-interval", "100000", *map(str, args)]
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
-    return {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(done.stdout)}
+    return logged_losses(done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +138,7 @@ def test_tensor_parallel_2_on_cpu_matches_tp1(data):
            "--eval-interval", "100000", "--tensor-model-parallel-size", "2", *map(str, common)]
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    tp2 = {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(done.stdout)}
+    tp2 = logged_losses(done.stdout)
     assert sorted(tp2) == sorted(tp1)
     np.testing.assert_allclose([tp2[i] for i in sorted(tp2)], [tp1[i] for i in sorted(tp1)], atol=1e-5)
 
@@ -168,6 +166,6 @@ def test_pai_launcher_runs_the_entry_on_cpu(data, tmp_path):
     done = subprocess.run(["bash", str(script), *map(str, params)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    losses = {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(done.stdout)}
+    losses = logged_losses(done.stdout)
     assert sorted(losses) == list(range(1, 7))  # 6 iterations = tokens / global batch / seq_len
     assert "note: no GPU: training in fp32 with the standard optimizer (asked: bf16, distributed optimizer)" in done.stdout

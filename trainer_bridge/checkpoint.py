@@ -83,16 +83,14 @@ def converted_hf(path: str, wanted) -> str:
             or os.path.isfile(os.path.join(path, "metadata.json")):  # Pai's converters copy config.json too
         return path
     import hashlib
-    import json
     import subprocess
     import sys
     import time
 
     from dataset_engine.sft import default_cache_dir
-    from trainer_bridge.presets import preset_from_hf, same_architecture
+    from trainer_bridge.presets import preset_from_hf, read_hf_config, same_architecture
 
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        hf_config = json.load(f)
+    hf_config = read_hf_config(path)
     found = preset_from_hf(hf_config)
     if not same_architecture(found, wanted):
         raise ValueError(f"{path}: its config.json is not the architecture of MODEL_SIZE {wanted.name} "
@@ -143,23 +141,18 @@ def load(config, ddp, optimizer, scheduler) -> dict | None:
     start from --load's weights; None when there is nothing to load."""
     from megatron.core import dist_checkpointing
 
-    latest = os.path.join(config.save, LATEST) if config.save else None
-    if latest and os.path.exists(latest):
-        with open(latest) as f:
-            iteration = int(f.read().strip())
-        path = os.path.join(config.save, f"iter_{iteration:07d}")
+    target = ddp.module.module if hasattr(ddp.module, "module") else ddp.module
+    if config.save and os.path.exists(os.path.join(config.save, LATEST)):
         model = _model_state(ddp)
         template = {"model": model, "optimizer": optimizer.sharded_state_dict(model, is_loading=True)}
-        state = dist_checkpointing.load(template, path)
-        ddp.module.load_state_dict(state["model"]) if not hasattr(ddp.module, "module") else \
-            ddp.module.module.load_state_dict(state["model"])
+        state = dist_checkpointing.load(template, checkpoint_dir(config.save))
+        target.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if "rng" in state:
             _set_rng_state(state["rng"])
         return {"iteration": int(state["iteration"]), "consumed_samples": int(state["consumed_samples"])}
     if config.load:
-        target = ddp.module.module if hasattr(ddp.module, "module") else ddp.module
         load_weights(target, _model_state(ddp), checkpoint_dir(converted_hf(config.load, config.preset())))
     return None
 

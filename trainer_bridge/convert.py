@@ -13,7 +13,8 @@ PRETRAIN_CHECKPOINT_PATH (and Pai's trainer) takes SAVE. mcore2hf reads that, a 
 directory (its latest iteration) or one `iter_N` directory, and writes `config.json`, sharded
 `model-0000x-of-0000y.safetensors` with their index and the tokenizer files. Both stream: hf2mcore
 builds the model on the meta device only for its checkpoint layout and converts each tensor when
-the writer asks for it; mcore2hf reads one output shard's tensors at a time. Memory stays near the largest tensor group, not the model.
+the writer asks for it; mcore2hf reads one output shard's tensors at a time. Memory stays near the
+largest tensor group, not the model.
 
 A distributed checkpoint stores every tensor whole (global shapes) and is resharded on load, so one
 conversion serves any TP/PP/EP; `--target-tensor-parallel-size` etc. check that the layout fits the
@@ -53,7 +54,8 @@ from typing import Mapping
 import torch
 
 from trainer_bridge.checkpoint import LATEST
-from trainer_bridge.presets import ModelPreset, get_preset, preset_from_hf, same_architecture
+from trainer_bridge.presets import (HF_CONFIG_FILES, ModelPreset, get_preset, layout_problem, preset_from_hf,
+                                    read_hf_config, same_architecture)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json", "chat_template.jinja")
@@ -139,34 +141,6 @@ def check_sources(preset: ModelPreset, table: dict, hf_names) -> None:
     if extra:
         raise ConvertError(f"tensors the architecture has no place for: {', '.join(extra[:5])}"
                            f"{' …' if len(extra) > 5 else ''}")
-
-
-def check_layout(preset: ModelPreset, tp: int = 1, pp: int = 1, ep: int = 1) -> None:
-    """The parallel layout a checkpoint is meant for divides the architecture (megatron-core's own
-    conditions), so a bad TP/PP/EP fails at conversion, not at the first training step."""
-    for name, size in (("TP", tp), ("PP", pp), ("EP", ep)):
-        if size < 1:
-            raise ConvertError(f"{name}={size}: must be at least 1")
-    if preset.num_attention_heads % tp or preset.num_query_groups % tp:
-        raise ConvertError(f"TP={tp} does not divide the {preset.num_attention_heads} attention heads and "
-                           f"{preset.num_query_groups} query groups")
-    if preset.num_layers % pp:
-        raise ConvertError(f"PP={pp} does not divide the {preset.num_layers} layers "
-                           "(uneven stages: set them in the trainer with MP_PP0_LAYERS)")
-    if ep > 1 and not preset.is_moe:
-        raise ConvertError(f"EP={ep} needs a MoE model; {preset.name} is dense")
-    if preset.is_moe and preset.num_experts % ep:
-        raise ConvertError(f"EP={ep} does not divide the {preset.num_experts} experts")
-
-
-def read_hf_config(directory: str, name: str = "config.json") -> dict:
-    """The HF config in a model directory (`hf_config.json` in an hf2mcore checkpoint)."""
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise ConvertError(f"{directory}: no {name} (not a Hugging Face model directory"
-                           f"{' or an hf2mcore checkpoint' if name != 'config.json' else ''})")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -258,6 +232,14 @@ def _mcore_layout(preset: ModelPreset, dtype: torch.dtype) -> tuple[dict, dict[s
     return layout, {name: layout[name].data.shape for name in table}
 
 
+def _narrow(tensor: torch.Tensor, offsets, sizes) -> torch.Tensor:
+    """The view of `tensor` at `offsets` of `sizes`, axis by axis. One rank holds every tensor
+    whole, so a checkpoint chunk is this slice of it (past the layer/expert axes)."""
+    for axis, (start, size) in enumerate(zip(offsets, sizes)):
+        tensor = tensor.narrow(axis, start, size)
+    return tensor
+
+
 def _streaming_strategy(produce):
     """megatron-core's torch_dist save strategy, but each tensor comes from `produce(state-dict
     name)` when the writer reaches it (one at a time, no copy-ahead), not from model memory."""
@@ -285,10 +267,7 @@ def _streaming_strategy(produce):
             name, prepended = self.where[(write_item.index.fqn, tuple(write_item.index.offset))]
             if self.last[0] != name:  # a fused fc1 is written as two chunks (gate, up): make it once
                 self.last = (name, produce(name))
-            piece = self.last[1]
-            # one rank holds every tensor whole: the chunk is the global slice past the layer/expert axes
-            for axis, (start, size) in enumerate(zip(chunk.offsets[prepended:], chunk.sizes[prepended:])):
-                piece = piece.narrow(axis, start, size)
+            piece = _narrow(self.last[1], chunk.offsets[prepended:], chunk.sizes[prepended:])
             self.handed = piece.reshape(chunk.sizes).clone()  # its own storage, exactly its size
             return self.handed
 
@@ -359,7 +338,9 @@ def hf2mcore(src: str, dst: str, dtype: torch.dtype = torch.float32, layout: tup
     preset = preset_from_hf(hf_config)
     if expect is not None and not same_architecture(expect, preset):
         raise ConvertError(f"{src} is not a {expect.name} model (its config.json differs in architecture)")
-    check_layout(preset, *layout)
+    problem = layout_problem(preset, expect.name if expect else preset.name, *layout)
+    if problem:  # a layout the trainer would refuse fails here, before anything is written
+        raise ConvertError(problem)
     hf = LazyTensors(src)
     table = tensor_map(preset)
     check_sources(preset, table, hf)
@@ -436,10 +417,8 @@ class _CheckpointPieces:
         for name in names:
             out[name] = torch.empty(self.shapes[name], dtype=dtype)
             for piece in self._pieces(name):
-                # one rank holds every tensor whole: the piece is the global slice past the prepended axes
-                view, p = out[name], piece.prepend_axis_num
-                for axis, (start, size) in enumerate(zip(piece.global_offset[p:], piece.local_shape)):
-                    view = view.narrow(axis, start, size)
+                p = piece.prepend_axis_num
+                view = _narrow(out[name], piece.global_offset[p:], piece.local_shape)
                 for _ in range(p):
                     view = view.unsqueeze(0)
                 targets[(piece.key, tuple(piece.global_offset))] = view
@@ -461,10 +440,8 @@ class _CheckpointPieces:
                 return plan
 
             def resolve_tensor(self, item):
-                target = targets[(item.dest_index.fqn, tuple(item.dest_index.offset))]
-                for axis, (start, size) in enumerate(zip(item.dest_offsets, item.lengths)):
-                    target = target.narrow(axis, start, size)
-                return target
+                return _narrow(targets[(item.dest_index.fqn, tuple(item.dest_index.offset))], item.dest_offsets,
+                               item.lengths)
 
             def commit_tensor(self, item, tensor):
                 pass  # read straight into the target's memory
@@ -478,7 +455,7 @@ def _shard_groups(table: dict, shapes: dict, dtype: torch.dtype, max_bytes: int)
     groups: list[list[str]] = [[]]
     size = 0
     for name in table:
-        nbytes = shapes[name].numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = shapes[name].numel() * dtype.itemsize
         if groups[-1] and size + nbytes > max_bytes:
             groups.append([])
             size = 0
@@ -513,11 +490,11 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     from trainer_bridge.checkpoint import checkpoint_dir
 
     ckpt = checkpoint_dir(src)
-    # the architecture: --hf-config, else hf2mcore's hf_config.json beside the checkpoint
+    # the architecture and tokenizer: --hf-config, else beside the checkpoint (hf2mcore's hf_config.json)
     candidates = [hf_config_dir] if hf_config_dir else [src, os.path.dirname(os.path.abspath(ckpt))]
-    meta = next((c for c in candidates if os.path.isfile(os.path.join(c, "hf_config.json"))), candidates[0])
-    has_hf_config = os.path.isfile(os.path.join(meta, "hf_config.json"))
-    hf_config = read_hf_config(meta, "hf_config.json" if has_hf_config else "config.json")
+    meta = next((c for c in candidates if any(os.path.isfile(os.path.join(c, n)) for n in HF_CONFIG_FILES)),
+                candidates[0])
+    hf_config = read_hf_config(meta)
     preset = preset_from_hf(hf_config)
     if expect is not None and not same_architecture(expect, preset):
         raise ConvertError(f"{meta} is not a {expect.name} model (its config differs in architecture)")

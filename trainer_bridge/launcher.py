@@ -56,7 +56,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trainer_bridge.presets import ModelPreset
+from trainer_bridge.presets import ModelPreset, divisors, layout_problem
 
 PARAMS = ("ENV", "MODEL_SIZE", "BATCH_SIZE", "GLOBAL_BATCH_SIZE", "LR", "MIN_LR", "SEQ_LEN", "PAD_LEN", "PR",
           "TP", "PP", "CP", "ETP", "EP", "SP", "DO", "FL", "SFT", "AC", "OPTIMIZER_OFFLOAD", "SAVE_INTERVAL",
@@ -126,10 +126,6 @@ def _bool(name: str, value: str) -> bool:
     if value == "false":
         return False
     raise LaunchError(f"{name}={value!r} must be true or false")
-
-
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def _lookup(size: str, presets: Mapping[str, ModelPreset], load: str) -> ModelPreset:
@@ -294,10 +290,10 @@ def pai_to_entry(argv: Sequence[str], env: Mapping[str, str], *,
         raise LaunchError(f"PAD_LEN={pad} exceeds SEQ_LEN={seq}; give PAD_LEN <= SEQ_LEN")
     if min_lr > lr:
         raise LaunchError(f"MIN_LR={p['MIN_LR']} exceeds LR={p['LR']}; give MIN_LR <= LR")
-    heads, groups, layers = preset.num_attention_heads, preset.num_query_groups, preset.num_layers
-    if heads % tp or groups % tp:
-        raise LaunchError(f"TP={tp} must divide {size}'s {heads} attention heads and {groups} query groups; "
-                          f"use TP in {_divisors(math.gcd(heads, groups))}")
+    problem = layout_problem(preset, size, tp, pp, ep, etp, uneven_pp=pp0 is not None)
+    if problem:
+        raise LaunchError(problem)
+    layers = preset.num_layers
     if sp and tp == 1:
         raise LaunchError("SP=true needs TP > 1 (sequence parallelism splits over the tensor-parallel group); "
                           "set SP=false or TP > 1")
@@ -319,9 +315,6 @@ def pai_to_entry(argv: Sequence[str], env: Mapping[str, str], *,
                               f"over the other {pp - 1} stages; pick MP_PP0_LAYERS so (layers - it) % (PP - 1) == 0")
         stages = [pp0, rest // (pp - 1)]
     else:
-        if layers % pp:
-            raise LaunchError(f"PP={pp} does not divide {size}'s {layers} layers; use PP in {_divisors(layers)} "
-                              "or set MP_PP0_LAYERS for an uneven first stage")
         stages = [layers // pp]
 
     vp = None
@@ -332,7 +325,7 @@ def pai_to_entry(argv: Sequence[str], env: Mapping[str, str], *,
             raise LaunchError("MP_VP with MP_PP0_LAYERS is not supported; unset one of them")
         if stages[0] % vp_layers:
             raise LaunchError(f"MP_VP={vp_layers} does not divide the {stages[0]} layers per pipeline stage; "
-                              f"use MP_VP in {_divisors(stages[0])}")
+                              f"use MP_VP in {divisors(stages[0])}")
         vp = stages[0] // vp_layers if stages[0] // vp_layers > 1 else None
 
     if ac == "full" and any(n % ac_layers for n in stages):
@@ -340,13 +333,6 @@ def pai_to_entry(argv: Sequence[str], env: Mapping[str, str], *,
                           f"({'/'.join(map(str, stages))}) must be a multiple of it; use a divisor")
     if ac == "offload" and ac_layers >= layers:
         raise LaunchError(f"AC=offload with MP_AC_LAYERS={ac_layers}: must be below {size}'s {layers} layers")
-
-    if preset.num_experts is None:
-        if ep > 1 or etp > 1:
-            raise LaunchError(f"EP={ep}/ETP={etp} on {size}, a dense model without experts; set ETP=1 and EP=1")
-    elif preset.num_experts % ep:
-        raise LaunchError(f"EP={ep} does not divide {size}'s {preset.num_experts} experts; "
-                          f"use EP in {_divisors(preset.num_experts)}")
 
     # -- iterations (Pai: tokens when SFT=false, iterations when SFT=true) --------------------------
     if sft:

@@ -122,6 +122,36 @@ def get_preset(name: str) -> ModelPreset:
     raise ValueError(f"unknown MODEL_SIZE {name!r}; known: {', '.join(PRESETS)}")
 
 
+def divisors(n: int) -> str:
+    """The numbers that divide `n`, for messages ("1, 2, 4")."""
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def layout_problem(preset: ModelPreset, size: str, tp: int = 1, pp: int = 1, ep: int = 1, etp: int = 1,
+                   uneven_pp: bool = False) -> str | None:
+    """Why a TP/PP/EP(/ETP) layout cannot split the preset (megatron-core's conditions on its
+    heads, query groups, layers and experts), or None. `size` names the model in the message;
+    `uneven_pp`: the first stage is sized on its own (MP_PP0_LAYERS), so PP need not divide."""
+    import math
+
+    for name, value in (("TP", tp), ("PP", pp), ("EP", ep), ("ETP", etp)):
+        if value < 1:
+            return f"{name}={value} is too small; give an integer >= 1"
+    heads, groups, layers = preset.num_attention_heads, preset.num_query_groups, preset.num_layers
+    if heads % tp or groups % tp:
+        return (f"TP={tp} must divide {size}'s {heads} attention heads and {groups} query groups; "
+                f"use TP in {divisors(math.gcd(heads, groups))}")
+    if not uneven_pp and layers % pp:
+        return (f"PP={pp} does not divide {size}'s {layers} layers; use PP in {divisors(layers)} "
+                "or set MP_PP0_LAYERS for an uneven first stage")
+    if preset.num_experts is None:
+        if ep > 1 or etp > 1:
+            return f"EP={ep}/ETP={etp} on {size}, a dense model without experts; set ETP=1 and EP=1"
+    elif preset.num_experts % ep:
+        return f"EP={ep} does not divide {size}'s {preset.num_experts} experts; use EP in {divisors(preset.num_experts)}"
+    return None
+
+
 HF_FAMILIES = ("qwen2", "qwen3", "qwen3_moe")
 _ARCHITECTURE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
                  "vocab_size", "rotary_base", "norm_epsilon", "qk_layernorm", "add_qkv_bias",
@@ -165,18 +195,30 @@ def preset_from_hf(config: dict, name: str = "hf") -> ModelPreset:
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), **moe)
 
 
-def preset_from_directory(path: str | None) -> ModelPreset:
-    """The architecture of a Hugging Face directory (`config.json`) or of an hf2mcore checkpoint
-    (`hf_config.json`): what MODEL_SIZE / --model-size `hf` stands for."""
+HF_CONFIG_FILES = ("config.json", "hf_config.json")  # an HF directory's; its copy in an hf2mcore checkpoint
+
+
+def read_hf_config(path: str | None) -> dict:
+    """The HF config of a Hugging Face directory (`config.json`) or of an hf2mcore checkpoint
+    (`hf_config.json`)."""
     import json
     import os
 
-    for name in ("config.json", "hf_config.json"):
+    for name in HF_CONFIG_FILES:
         if path and os.path.isfile(os.path.join(path, name)):
             with open(os.path.join(path, name), encoding="utf-8") as f:
-                return preset_from_hf(json.load(f))
-    raise ValueError(f"MODEL_SIZE hf takes the architecture from the checkpoint: {path or '(none)'} is neither a "
-                     "Hugging Face directory (config.json) nor an hf2mcore checkpoint (hf_config.json)")
+                return json.load(f)
+    raise ValueError(f"{path or '(none)'} is neither a Hugging Face directory (config.json) nor an hf2mcore "
+                     "checkpoint (hf_config.json)")
+
+
+def preset_from_directory(path: str | None) -> ModelPreset:
+    """What MODEL_SIZE / --model-size `hf` stands for: the architecture of `read_hf_config(path)`."""
+    try:
+        config = read_hf_config(path)
+    except ValueError as exc:
+        raise ValueError(f"MODEL_SIZE hf takes the architecture from the checkpoint: {exc}") from None
+    return preset_from_hf(config)
 
 
 # -- transformers ------------------------------------------------------------------------------
