@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dataprep.packing import pack_best_fit_decreasing, pack_next_fit
+from dataset_engine.packing import pack_best_fit_decreasing, pack_next_fit
 
 
 def sft_lengths(rng: np.random.Generator, n: int, seq_len: int) -> np.ndarray:

@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     args = p.parse_args(argv)
 
-    from dataprep.tokenizers import bundled_tokenizer_dir
+    from dataprep.tokenization.tokenizers import bundled_tokenizer_dir
 
     tokdir = bundled_tokenizer_dir()
     os.makedirs(OUT_DIR, exist_ok=True)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus, _ = ensure_corpus(args.size_mb, args.seed)
     size = os.path.getsize(corpus)
     sys.path.insert(0, os.path.dirname(HERE))
-    from dataprep.shards import plan_shards
+    from dataprep.runs.shards import plan_shards
 
     n_shards = len(plan_shards([corpus], int(args.shard_mb * (1 << 20))))
     cores = effective_cores(2)

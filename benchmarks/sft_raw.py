@@ -226,7 +226,8 @@ def loader_rate(ds, n: int, workers: int = 2, batch: int = 8) -> tuple[float, fl
 
 
 def raw_mode(path: str, kind: str, args) -> dict:
-    from dataset_engine.raw import index_records, open_raw_sft
+    from dataprep.sft.raw import open_raw_sft
+    from dataset_engine.raw import index_records
     from dataset_engine.sft import SFTDataset, SFTDatasetConfig
 
     cache = tempfile.mkdtemp(prefix=f"sft-raw-{kind}-")
@@ -270,7 +271,7 @@ def raw_mode(path: str, kind: str, args) -> dict:
 def pai_emulation(path: str, n: int) -> dict:
     from transformers import AutoTokenizer
 
-    from dataprep.tokenizers import bundled_tokenizer_dir
+    from dataprep.tokenization.tokenizers import bundled_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(bundled_tokenizer_dir())
     tok.chat_template = PAI_TEMPLATE
@@ -294,8 +295,9 @@ def pai_emulation(path: str, n: int) -> dict:
 
 
 def idxmap_mode(prefix_path: str, work: str) -> dict:
-    from dataprep.sft import SFTConfig, run_sft
-    from dataset_engine.sft import SFTDatasetConfig, build_sft_dataset
+    from dataprep.sft.run import SFTConfig, run_sft
+    from dataprep.sft.raw import build_sft_dataset
+    from dataset_engine.sft import SFTDatasetConfig
 
     out = os.path.join(work, "sft100")
     logs: list[str] = []
@@ -326,7 +328,7 @@ def idxmap_mode(prefix_path: str, work: str) -> dict:
 
 
 def raw_packed(prefix_path: str, idx_packed, work: str) -> dict:
-    from dataset_engine.raw import open_raw_sft
+    from dataprep.sft.raw import open_raw_sft
     from dataset_engine.sft import SFTDataset, SFTDatasetConfig
 
     cache = os.path.join(work, "cache-raw-packed")
@@ -380,8 +382,8 @@ def main() -> int:
     t0 = now()
     import transformers  # noqa: F401  (imports paid once, before any timing, so both formats' start-up compare)
 
-    import dataprep.sft  # noqa: F401
-    import dataprep.workers  # noqa: F401
+    import dataprep.sft.run  # noqa: F401
+    import dataprep.runs.workers  # noqa: F401
     import dataset_engine.raw  # noqa: F401
     import dataset_engine.sft  # noqa: F401
     imports = now() - t0

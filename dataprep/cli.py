@@ -10,11 +10,10 @@ support fail with a message that says what to do instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dataprep import __version__
-from dataprep.errors import DataprepError
+from dataprep.errors import DataprepError, debug_requested, run_command
 
 
 def _add_tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +48,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: the cores available); with --engine ray: Ray CPUs "
                         "of the local instance it starts")
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
+    p.add_argument("--engine", dest="executor", default="local", choices=["local", "ray"],
                    help="local: worker processes on this machine (default); ray: Ray tasks, one per "
                         "shard, on a Ray cluster (pip install 'megatron-dataprep[ray]')")
     p.add_argument("--ray-address", default=None,
@@ -66,13 +65,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args: argparse.Namespace) -> dict:
-    from dataprep.executor import available_cores
+    from dataprep.runs.executor import available_cores
 
     return dict(inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
                 tokenizer_path=args.tokenizer_path, workers=args.workers or available_cores(),
                 skip_bad_records=args.skip_bad_records, backend=args.tokenizer_backend,
                 trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
-                engine=args.engine, ray_address=args.ray_address, shard_bytes=args.shard_bytes,
+                executor=args.executor, ray_address=args.ray_address, shard_bytes=args.shard_bytes,
                 keep_work=args.keep_work, restart=args.restart)
 
 
@@ -96,7 +95,7 @@ def _unsupported(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from dataprep.pretrain import PretrainConfig, run_pretrain
+    from dataprep.pretrain.run import PretrainConfig, run_pretrain
 
     _unsupported(args)
     config = PretrainConfig(json_keys=tuple(args.json_keys), append_eod=args.append_eod, **_run_options(args))
@@ -109,7 +108,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from dataprep.sft import SFTConfig, run_sft
+    from dataprep.sft.run import SFTConfig, run_sft
 
     _unsupported(args)
     config = SFTConfig(
@@ -122,7 +121,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_tokenizer(args: argparse.Namespace) -> int:
-    from dataprep.verify import verify_tokenizer
+    from dataprep.tools.verify import verify_tokenizer
 
     ok, lines = verify_tokenizer(
         name=_tokenizer_name(args), path=args.tokenizer_path, inputs=args.input,
@@ -133,7 +132,7 @@ def cmd_verify_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from dataprep.inspect import inspect_idxmap
+    from dataprep.tools.inspect import inspect_idxmap
 
     print("\n".join(inspect_idxmap(args.prefix, samples=args.sample, decode=args.decode,
                                    tokenizer_path=args.tokenizer_path, plot=args.plot)))
@@ -141,7 +140,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataprep.integrity import verify_idxmaps
+    from dataprep.tools.integrity import verify_idxmaps
 
     results = verify_idxmaps(args.prefix, vocab_size=args.vocab_size)
     for result in results:
@@ -153,7 +152,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from dataprep.merge import merge_idxmaps
+    from dataprep.tools.merge import merge_idxmaps
 
     summary = merge_idxmaps(args.input, args.output_prefix)
     print("dataprep merge: " + "\n".join(summary.lines()))
@@ -310,26 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except DataprepError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        resumable = " (rerun the same command to resume from the finished shards)" \
-            if args.command in ("pretrain", "sft") else ""
-        print(f"interrupted; no output was finalized{resumable}", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `dataprep ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as exc:  # anything unexpected: one line, the traceback with --debug
-        if args.debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+    resumable = " (rerun the same command to resume from the finished shards)" \
+        if args.command in ("pretrain", "sft") else ""
+    return run_command(lambda: args.func(args), debug=args.debug or debug_requested([]),
+                       interrupted=f"interrupted; no output was finalized{resumable}")
 
 
 if __name__ == "__main__":

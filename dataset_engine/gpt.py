@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from dataset_engine.idxmap import IdxmapReader
-from dataset_engine.index_cache import cached_arrays, file_digest, load_entry
-from dataset_engine.sft import default_cache_dir
+from dataset_engine.cache import cached_arrays, default_cache_dir, file_digest, load_entry
 
 SPLITS = ("train", "valid", "test")
 GPT_ARRAYS = ("document_index", "sample_index", "shuffle_index")

@@ -1,4 +1,4 @@
-"""Raw mode (``MP_DATASET_TYPE=raw``): SFT records read straight from json / jsonl, tokenized lazily.
+"""Raw mode (``MP_DATASET_TYPE=raw``): records read straight from json / jsonl files, by index.
 
 Pai's raw mode tokenizes the whole file on every rank at start-up. Here a file is indexed once:
 the byte span and line of every record, found by vectorised scans (numpy over 16 MiB blocks):
@@ -11,7 +11,7 @@ the byte span and line of every record, found by vectorised scans (numpy over 16
 
 The index is cached (``.npz``, no pickle) under a hash of the file's path, size and mtime, so
 later starts skip the scan. A record is tokenized when first asked for, by the very code of
-`dataprep sft` (`dataprep.sft_records.SFTEncoder`: the same formats, template and engine), so
+`dataprep sft` (`dataprep.sft.records.SFTEncoder`: the same formats, template and engine), so
 for the same files and options raw mode yields exactly the samples of the idxmap path. Packing
 needs every record's length: computed on first use by `dataprep sft`'s workers (all cores, with
 a progress bar) and cached too.
@@ -19,16 +19,16 @@ a progress bar) and cached too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from dataset_engine.cache import cache_key, file_digest
 
 BLOCK = 16 << 20
 INDEX_VERSION = 1
@@ -146,8 +146,10 @@ def record_line(path: str, index: RecordIndex, i: int) -> int:
 def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     """The records of a jsonl file or JSON array, cached in ``cache_dir`` when given."""
     st = os.stat(path)
-    key = hashlib.sha256(f"{INDEX_VERSION}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
-    cached = os.path.join(cache_dir, f"raw-index-{key}.npz") if cache_dir else None
+    cached = None
+    if cache_dir:
+        key = cache_key({"raw_index": INDEX_VERSION, "file": file_digest(path, cache_dir)})
+        cached = os.path.join(cache_dir, f"raw-index-{key}.npz")
     if cached and os.path.exists(cached):
         with np.load(cached, allow_pickle=False) as z:
             return RecordIndex(z["starts"], z["ends"], z["lines"] if "lines" in z.files else None)
@@ -173,36 +175,28 @@ def _save_index(index: RecordIndex, cache_dir: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-class RawSFT:
-    """SFT records of json/jsonl files, tokenized on access: ``record(i) -> (ids, mask)``.
+class RawRecords:
+    """The json values of the records of json/jsonl files, by index: ``value(i)``.
 
-    Picklable for DataLoader workers: the engine is rebuilt in each process from its spec.
+    Picklable for DataLoader workers: each process maps the files again. Subclasses add what
+    they keep per process to ``_reset`` and ``_per_process``.
     """
 
-    def __init__(self, paths: list[str], encoder_spec, options, pad_id: int,
-                 cache_dir: str | None = None, cache_records: int = 4096, encoder=None,
-                 progress: bool = True) -> None:
+    _per_process: tuple[str, ...] = ("_maps",)
+
+    def __init__(self, paths: list[str], cache_dir: str | None = None) -> None:
         self.paths = list(paths)
-        self.encoder_spec = encoder_spec
-        self.options = options
-        self.pad_id = pad_id
         self.cache_dir = cache_dir
-        self.cache_records = cache_records
-        self.progress = progress
         self._indexes = [index_records(p, cache_dir) for p in self.paths]
         self._first = np.cumsum([0] + [len(ix.starts) for ix in self._indexes])  # first record of each file
-        self._lengths: np.ndarray | None = None
         self._reset()
-        self._encoder = encoder  # the one already checked against the reference, in this process
 
     def _reset(self) -> None:
-        self._encoder = None
         self._maps: dict[int, mmap.mmap] = {}
-        self._cache: OrderedDict = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for name in ("_encoder", "_maps", "_cache"):
+        for name in self._per_process:
             state.pop(name)
         return state
 
@@ -222,15 +216,8 @@ class RawSFT:
         k, j = self._locate(i)
         return f"{self.paths[k]}:{record_line(self.paths[k], self._indexes[k], j)}"
 
-    def _encoder_(self):
-        if self._encoder is None:
-            from dataprep.sft_records import SFTEncoder
-            from dataprep.tokenizers import build_engine
-
-            self._encoder = SFTEncoder(build_engine(self.encoder_spec), self.options)
-        return self._encoder
-
-    def _object(self, i: int):
+    def value(self, i: int):
+        """Record ``i``'s json value (a bad one raises ValueError naming FILE:LINE)."""
         k, j = self._locate(i)
         if k not in self._maps:
             with open(self.paths[k], "rb") as f:
@@ -241,114 +228,3 @@ class RawSFT:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{self.where(i)}: invalid JSON: {exc}") from None
-
-    def _encode(self, indices: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for i, outcome in zip(indices, self._encoder_().encode_objects([self._object(i) for i in indices])):
-            if isinstance(outcome, str):
-                raise ValueError(f"{self.where(i)}: {outcome}")
-            out.append(outcome[:2])
-        return out
-
-    def record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.records([i])[0]
-
-    def records(self, indices) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Several records, those not cached tokenized in one engine call (a packed row's)."""
-        indices = [int(i) for i in indices]
-        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
-        if missing:
-            for i, encoded in zip(missing, self._encode(missing)):
-                self._cache[i] = encoded
-        out = [self._cache[i] for i in indices]
-        while len(self._cache) > self.cache_records:
-            self._cache.popitem(last=False)
-        return out
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per record; tokenizes every record once (batches of 1024), then cached."""
-        if self._lengths is None:
-            self._lengths = self._cached_lengths()
-        return self._lengths
-
-    def _cached_lengths(self) -> np.ndarray:
-        path = None
-        if self.cache_dir:
-            ident = [self.encoder_spec.engine, hashlib.sha256((self.encoder_spec.tokenizer_json or self.encoder_spec.path).encode()).hexdigest(),
-                     repr(self.options)] + [f"{os.path.abspath(p)}|{os.stat(p).st_size}|{os.stat(p).st_mtime_ns}" for p in self.paths]
-            key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:32]
-            path = os.path.join(self.cache_dir, f"raw-lengths-{key}.npy")
-            if os.path.exists(path):
-                return np.load(path, allow_pickle=False)
-        lengths = self._compute_lengths()
-        if path:
-            os.makedirs(self.cache_dir, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp.npy"
-            np.save(tmp, lengths)
-            os.replace(tmp, path)
-        return lengths
-
-
-    def _compute_lengths(self) -> np.ndarray:
-        """Every record tokenized once by `dataprep sft`'s own workers (all cores), with a
-        progress bar; the first bad record stops it with FILE:LINE."""
-        from dataclasses import replace
-        from functools import partial
-
-        from dataprep.documents import init_worker
-        from dataprep.executor import OrderedExecutor, Progress, available_cores, single_thread_engines
-        from dataprep.sft_records import encode_sft_chunk
-        from dataprep.sources import ChunkReader, LineNumbers
-
-        single_thread_engines()
-        options = replace(self.options, stop_at_first_reject=True)
-        reader = ChunkReader(self.paths, [], chunk_bytes=1 << 20)
-        progress = Progress(reader.total_bytes(), enabled=self.progress, desc="raw SFT lengths")
-        numbers, parts = LineNumbers(), []
-        try:
-            with OrderedExecutor(available_cores(), init_worker, (self.encoder_spec,)) as executor:
-                for chunk, result in executor.map(partial(encode_sft_chunk, options), reader):
-                    where = numbers.resolver(chunk, result.n_lines)
-                    if result.rejected:
-                        bad = result.rejected[0]
-                        raise ValueError(f"{chunk.path}:{where(bad.local)}: {bad.reason}")
-                    parts.append(result.lengths)
-                    progress.update(chunk.source_bytes, result.written, len(result.ids))
-        finally:
-            progress.close()
-        lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        if len(lengths) != len(self):
-            raise ValueError(f"{self.paths}: the index found {len(self)} records but the reader "
-                             f"{len(lengths)}; the files changed while in use?")
-        return lengths
-
-
-def open_raw_sft(paths: list[str], *, tokenizer: str, tokenizer_path: str | None = None,
-                 template: str = "auto", fmt: str = "auto", system: str | None = None,
-                 backend: str = "auto", trust_remote_code: bool = False,
-                 cache_dir: str | None = None) -> RawSFT:
-    """Raw records with `dataprep sft`'s formatting and the fastest engine that reproduces the
-    reference tokenizer on this input (the same start-up check as `dataprep sft`, in-process)."""
-    from dataprep.sft import SFTOptions, pad_id, probe_segments, sft_options
-    from dataprep.sources import expand_inputs
-    from dataprep.workers import WorkerConfig, start_trusted_workers
-
-    files = expand_inputs(list(paths))
-
-    def options_for(tok) -> SFTOptions:
-        return sft_options(tok, fmt=fmt, template=template, system=system, trust_remote_code=trust_remote_code)
-
-    trusted = start_trusted_workers(
-        WorkerConfig(tokenizer=tokenizer, tokenizer_path=tokenizer_path, backend=backend, workers=1,
-                     trust_remote_code=trust_remote_code),
-        probe_sample=lambda tok: probe_segments(files, options_for(tok), tok, limit=64),
-        check=options_for)
-    trusted.executor.close()  # one worker: the engine was built in this process, and stays
-    from dataprep.documents import worker_engine
-    from dataprep.sft_records import SFTEncoder
-
-    tok = trusted.tokenizer
-    options = options_for(tok)
-    return RawSFT(files, tok.engine_spec(trusted.engine), options, pad_id(tok), cache_dir,
-                  encoder=SFTEncoder(worker_engine(), options, hf_tokenizer=tok.hf))

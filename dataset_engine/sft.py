@@ -31,15 +31,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dataprep.packing import ALGORITHMS, PackingPlan, pack
 from dataset_engine.batch import collate
-from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, shifted_labels
+from dataset_engine.cache import default_cache_dir
+from dataset_engine.packing import ALGORITHMS, PackingPlan, pack
+from dataset_engine.sft_format import FIT_TRUNCATED, IGNORE_INDEX, PaiSFT, fit_record, open_sft, shifted_labels
 
 PLAN_CACHE_VERSION = 1
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("DATAPREP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dataprep")
 
 
 class RecordSource(Protocol):
@@ -197,29 +194,10 @@ class SFTDataset(torch.utils.data.Dataset):
 collate_sft = collate  # the SFT name for the one collate function (dataset_engine.batch)
 
 
-DATASET_TYPES = ("idxmap", "raw")
-
-
-def build_sft_dataset(data_path: str | list[str], config: SFTDatasetConfig, *, dataset_type: str | None = None,
-                      tokenizer: str | None = None, tokenizer_path: str | None = None, template: str = "auto",
-                      fmt: str = "auto", system: str | None = None) -> SFTDataset:
-    """The SFT dataset the trainer uses: ``dataset_type`` (default: ``$MP_DATASET_TYPE``, else
-    idxmap) picks an idxmap prefix (native or Pai layout) or raw json/jsonl files (which need
-    the tokenizer name, and its path unless bundled)."""
-    kind = (dataset_type or os.environ.get("MP_DATASET_TYPE") or "idxmap").lower()
-    if kind not in DATASET_TYPES:
-        raise ValueError(f"MP_DATASET_TYPE must be one of {', '.join(DATASET_TYPES)}, got {kind!r}")
-    paths = [data_path] if isinstance(data_path, str) else list(data_path)
-    if kind == "raw":
-        from dataset_engine.raw import open_raw_sft
-
-        if tokenizer is None:
-            raise ValueError("raw SFT data needs a tokenizer name (e.g. Qwen3Tokenizer) to tokenize it")
-        source = open_raw_sft(paths, tokenizer=tokenizer, tokenizer_path=tokenizer_path, template=template,
-                              fmt=fmt, system=system, cache_dir=config.cache_dir)
-        return SFTDataset(source, config)
+def open_sft_dataset(paths: str | list[str], config: SFTDatasetConfig) -> SFTDataset:
+    """The SFT dataset of one idxmap prefix (native or Pai layout). Raw json goes through
+    `dataprep.sft.raw.build_sft_dataset`, which tokenizes it."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
     if len(paths) != 1:
         raise ValueError(f"an SFT idxmap is one prefix, got {len(paths)} paths")
-    from dataset_engine.sft_format import open_sft
-
     return SFTDataset(open_sft(paths[0]), config)

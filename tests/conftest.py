@@ -47,7 +47,7 @@ def run_cli(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="session")
 def deepseek_dir() -> str:
-    from dataprep.tokenizers import bundled_tokenizer_dir
+    from dataprep.tokenization.tokenizers import bundled_tokenizer_dir
 
     path = bundled_tokenizer_dir()
     assert os.path.isfile(os.path.join(path, "tokenizer.json")), path

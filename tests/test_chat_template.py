@@ -5,9 +5,9 @@ import copy
 import numpy as np
 import pytest
 
-from dataprep.chat_template import TEMPLATES, HFChatTemplate, TemplateError, encode_conversation, get_renderer
-from dataprep.conversations import to_conversation
-from dataprep.tokenizers import _flatten
+from dataprep.sft.chat_template import TEMPLATES, HFChatTemplate, TemplateError, encode_conversation, get_renderer
+from dataprep.sft.conversations import to_conversation
+from dataprep.tokenization.tokenizers import _flatten
 
 RECORDS = {
     "alpaca": {"instruction": "把下面的句子翻译成英文", "input": "你好，世界", "output": "Hello, world!",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dataprep.conversations import RecordError, Turn, detect_format, to_conversation
+from dataprep.sft.conversations import RecordError, Turn, detect_format, to_conversation
 
 
 def roles(turns):

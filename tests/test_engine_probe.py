@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-import dataprep.tokenizers as tokenizers
-from dataprep.pretrain import PretrainConfig, run_pretrain
-from dataprep.verify import verify_tokenizer
+import dataprep.tokenization.tokenizers as tokenizers
+from dataprep.pretrain.run import PretrainConfig, run_pretrain
+from dataprep.tools.verify import verify_tokenizer
 from dataset_engine.idxmap import IdxmapReader
 
 TEXTS = ["Plain English text.", "中文文本，用于测试。", "def f():\n    return 42\n", "3.14159 and 2718"]

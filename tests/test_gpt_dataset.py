@@ -32,7 +32,7 @@ from torch.utils.data._utils.collate import default_collate
 from dataset_engine.gpt import (BlendedSamples, GPTDataConfig, GPTSamples, build_gpt_datasets,
                                 build_gpt_indices, document_index)
 from dataset_engine.idxmap import IdxmapReader, IdxmapWriter
-from dataset_engine.index_cache import cache_key
+from dataset_engine.cache import cache_key
 
 EOD = 1
 VOCAB = 1000

@@ -14,8 +14,8 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from conftest import run_cli, write_jsonl
-from dataprep.pretrain import PretrainConfig, run_pretrain
-from dataprep.sft import SFTConfig, run_sft
+from dataprep.pretrain.run import PretrainConfig, run_pretrain
+from dataprep.sft.run import SFTConfig, run_sft
 
 TOKENIZER = "DeepSeekV2Tokenizer"
 DEEPSEEK_VOCAB = 129280
@@ -109,7 +109,7 @@ def test_inspect_prints_counts_and_a_log_histogram(parts):
 
 def test_inspect_counts_documents_without_sequences(tmp_path):
     # Empty documents (repeated document indices), one of them last, and a zero-length sequence.
-    from dataprep.inspect import inspect_idxmap
+    from dataprep.tools.inspect import inspect_idxmap
     from dataset_engine.idxmap import IdxmapWriter
 
     prefix = str(tmp_path / "empty_docs")
@@ -189,7 +189,7 @@ def test_verify_reports_a_token_outside_the_vocabulary(parts, tmp_path):
 
 def test_verify_finds_and_locates_a_bad_token_in_a_later_chunk(tmp_path):
     # Library call with chunks of 7 tokens; documents with several and zero-length sequences.
-    from dataprep.integrity import verify_idxmap
+    from dataprep.tools.integrity import verify_idxmap
     from dataset_engine.idxmap import IdxmapWriter
 
     prefix = str(tmp_path / "small")

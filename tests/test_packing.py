@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from dataprep.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
+from dataset_engine.packing import PackingPlan, pack_best_fit_decreasing, pack_next_fit
 
 PACKERS = [pack_best_fit_decreasing, pack_next_fit]
 
@@ -244,7 +244,7 @@ def test_plan_arrays_are_read_only_and_invalid_plans_are_refused():
 
 
 def test_packing_imports_neither_torch_nor_megatron():
-    code = ("import sys, dataprep.packing; "
+    code = ("import sys, dataset_engine.packing; "
             "bad = [m for m in ('torch', 'megatron', 'transformers') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,

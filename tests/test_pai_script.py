@@ -48,8 +48,8 @@ def _pai_record(record, hf, seq_len):
     """A record as Pai stores it, computed here: the reference ids of the deepseek template's segments
     (one call per segment), labels[i] = ids[i+1] where that token is trained else -100, last label
     -100, last token -1-id."""
-    from dataprep.chat_template import TEMPLATES
-    from dataprep.conversations import to_conversation
+    from dataprep.sft.chat_template import TEMPLATES
+    from dataprep.sft.conversations import to_conversation
 
     ids, trained = [], []
     for text, flag in TEMPLATES["deepseek"].segments(to_conversation(record), hf.eos_token):

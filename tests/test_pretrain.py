@@ -24,8 +24,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from conftest import EOS_TEXT, cli_command, cli_env, run_cli, write_jsonl
 from dataprep.errors import DataprepError
-from dataprep.pretrain import PretrainConfig, run_pretrain
-from dataprep.sources import ChunkReader, read_chunk_lines
+from dataprep.pretrain.run import PretrainConfig, run_pretrain
+from dataprep.io.sources import ChunkReader, read_chunk_lines
 
 TOKENIZER = "DeepSeekV2Tokenizer"
 DEEPSEEK_VOCAB = 129280
@@ -694,7 +694,7 @@ def test_inspect_decodes_the_first_document(baseline, corpus, expected):
 # -- 9. no torch, no megatron ------------------------------------------------------------------
 def test_dataprep_imports_neither_torch_nor_megatron():
     code = ("import sys\n"
-            "import dataprep.pretrain, dataprep.documents, dataprep.cli, dataset_engine.idxmap\n"
+            "import dataprep.pretrain.run, dataprep.pretrain.documents, dataprep.cli, dataset_engine.idxmap\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron'))\n"
             "print(bad)\n"
             "sys.exit(1 if bad else 0)\n")
@@ -801,7 +801,7 @@ def test_same_file_twice_reports_its_own_line_numbers(work, tiny):
 
 def test_engine_is_started_once_per_run(work, corpus_jsonl, tiny, monkeypatch):
     """The engine is built once, not again when the run starts (it was built twice before)."""
-    import dataprep.workers as workers_module
+    import dataprep.runs.workers as workers_module
 
     started = []
     real = workers_module.init_worker

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import cli_command, cli_env, make_corpus, write_jsonl
 from dataprep.errors import DataprepError
-from dataprep.shards import WorkDir, plan_shards
+from dataprep.runs.shards import WorkDir, plan_shards
 from dataset_engine.idxmap import IdxmapReader
 
 TOKENIZER = "DeepSeekV2Tokenizer"

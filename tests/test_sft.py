@@ -16,11 +16,11 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from conftest import EOS_TEXT, ROOT, run_cli, split_rows
-from dataprep.chat_template import TEMPLATES, HFChatTemplate, encode_conversation
-from dataprep.conversations import to_conversation
+from dataprep.sft.chat_template import TEMPLATES, HFChatTemplate, encode_conversation
+from dataprep.sft.conversations import to_conversation
 from dataprep.errors import DataprepError
-from dataprep.sft import SFTConfig, run_sft
-from dataprep.sources import ChunkReader
+from dataprep.sft.run import SFTConfig, run_sft
+from dataprep.io.sources import ChunkReader
 
 TOKENIZER = "DeepSeekV2Tokenizer"
 SAMPLES = ROOT / "dataprep" / "samples"

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from dataprep.sft import SFTConfig, run_sft
+from dataprep.sft.run import SFTConfig, run_sft
+from dataprep.sft.raw import build_sft_dataset, open_raw_sft
 from dataset_engine import raw as raw_module
-from dataset_engine.raw import RawIndexError, index_records, open_raw_sft, record_line
-from dataset_engine.sft import SFTDataset, SFTDatasetConfig, build_sft_dataset, collate_sft
+from dataset_engine.raw import RawIndexError, index_records, record_line
+from dataset_engine.sft import SFTDataset, SFTDatasetConfig, collate_sft
 from dataset_engine.sft_format import open_sft
 
 SAMPLES = ROOT / "dataprep" / "samples"

@@ -82,7 +82,8 @@ def test_resume_continues_exactly(data, tmp_path):
 def test_prompt_and_padding_carry_no_loss(data):
     """The masks reaching the loss: per-token losses only where the SFT labels are trained."""
     from dataset_engine.batch import collate
-    from dataset_engine.sft import SFTDatasetConfig, build_sft_dataset
+    from dataprep.sft.raw import build_sft_dataset
+    from dataset_engine.sft import SFTDatasetConfig
     from trainer_bridge.train import forward_step_factory
 
     dataset = build_sft_dataset(str(data["sft"]), SFTDatasetConfig(seq_length=128, pad_length=128))

@@ -77,17 +77,16 @@ def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> st
 def converted_hf(path: str, wanted) -> str:
     """`path` itself, or for a Hugging Face model directory (it has a config.json) its
     megatron-core conversion in the model's own precision, made once per machine by local rank 0
-    and cached under $DATAPREP_CACHE/hf2mcore (keyed by the path and its files' sizes and times).
+    and cached under $DATAPREP_CACHE/hf2mcore (keyed by its files' contents).
     The other ranks wait for it on the filesystem, not in a collective that could time out."""
     if not os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, LATEST)) \
             or os.path.isfile(os.path.join(path, "metadata.json")):  # Pai's converters copy config.json too
         return path
-    import hashlib
+    from dataset_engine.cache import cache_key, default_cache_dir, file_digest
     import subprocess
     import sys
     import time
 
-    from dataset_engine.sft import default_cache_dir
     from trainer_bridge.presets import preset_from_hf, read_hf_config, same_architecture
 
     hf_config = read_hf_config(path)
@@ -98,12 +97,11 @@ def converted_hf(path: str, wanted) -> str:
     # the stored precision: lossless and the smallest copy (loading casts to the run's precision)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(
         str(hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"), "fp32")
-    key = hashlib.blake2b(digest_size=12)
-    key.update(f"{os.path.abspath(path)}:{precision}".encode())
-    for name in sorted(os.listdir(path)):
-        st = os.stat(os.path.join(path, name))
-        key.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    target = os.path.join(default_cache_dir(), "hf2mcore", key.hexdigest())
+    # the files' contents decide the key (the one cache rule): a model rewritten in place is converted again
+    files = {name: file_digest(os.path.join(path, name), default_cache_dir())
+             for name in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, name))}
+    key = cache_key({"hf2mcore": 1, "precision": precision, "files": files})
+    target = os.path.join(default_cache_dir(), "hf2mcore", key)
     failed, started = target + ".failed", time.time()
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.isdir(target):
         tmp = f"{target}.tmp-{os.getpid()}"

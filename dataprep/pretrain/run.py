@@ -12,7 +12,6 @@ depend only on the inputs, the tokenizer and the options, never on the worker co
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,15 +19,18 @@ from functools import partial
 
 import numpy as np
 
-from dataprep import __version__, storage
-from dataprep.documents import EncodeOptions, encode_chunk, valid_texts
+from dataprep import __version__
+from dataprep.io import storage
+from dataprep.io.records import valid_texts
+from dataprep.pretrain.documents import EncodeOptions, encode_chunk
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, human_size
-from dataprep.shards import JoinedRejects, ShardJob, produce_shards
-from dataprep.sources import expand_inputs
-from dataprep.storage import FILES
-from dataprep.tokenizers import LoadedTokenizer
-from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
+from dataprep.runs.executor import BackgroundCalls, human_size
+from dataprep.runs.executors import shard_executor
+from dataprep.runs.shards import JoinedRejects, ShardJob, produce_shards
+from dataprep.io.sources import expand_inputs
+from dataprep.io.storage import FILES
+from dataprep.tokenization.tokenizers import LoadedTokenizer
+from dataprep.runs.workers import RunConfig, TrustedWorkers, start_trusted_workers
 from dataset_engine.idxmap import SCRATCH_FILES, IdxmapReader, IdxmapWriter, optimal_dtype
 
 SIDECAR_FORMAT = "dataprep-pretrain-sidecar/1"
@@ -200,7 +202,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
     prefixes = {k: output_prefix_for(config.output_prefix, k) for k in config.json_keys}
     summary = PretrainSummary(engine=trusted.engine, workers=config.workers, startup_seconds=startup,
                               notes=trusted.notes, outputs=list(prefixes.values()))
-    what = {"command": "pretrain", "tokenizer": tokenizer_identity(tok),
+    what = {"command": "pretrain", "tokenizer": tok.identity(),
             "options": {"json_keys": list(config.json_keys), "append_eod": config.append_eod,
                         "eod": tok.eod, "dtype": dtype.name, "skip_bad_records": config.skip_bad_records}}
     job = ShardJob(encode=partial(encode_chunk, options),
@@ -208,7 +210,7 @@ def _run(config: PretrainConfig, files: list[str], trusted: TrustedWorkers,
                    json_keys=config.json_keys, chunk_bytes=config.chunk_bytes,
                    stop_at_first_reject=not config.skip_bad_records, driver_pid=os.getpid())
     merger = PretrainMerger(config, prefixes, dtype)
-    work, markers = produce_shards(config, files, trusted, job, merger, what, desc="pretrain", log=log)
+    work, markers = produce_shards(config, files, shard_executor(config, trusted), job, merger, what, desc="pretrain", log=log)
     try:
         for marker in markers:
             counts = marker["counts"]
@@ -265,13 +267,6 @@ class PretrainMerger:
         self.rejects.abort()
         for writer in self.writers.values():
             writer.abort()
-
-
-def tokenizer_identity(tok: LoadedTokenizer) -> dict:
-    """What the manifest records of the tokenizer: a changed tokenizer must not resume a run."""
-    digest = hashlib.blake2b((tok.tokenizer_json or "").encode("utf-8"), digest_size=16).hexdigest()
-    return {"name": tok.name, "path": tok.path, "vocab_size": tok.vocab_size, "eod": tok.eod,
-            "tokenizer_json": digest}
 
 
 def _sidecar(key: str, config: PretrainConfig, tok: LoadedTokenizer, inputs: list[dict],

@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from dataprep import storage
+from dataprep.io import storage
 from dataprep.errors import DataprepError
 
 BOM = b"\xef\xbb\xbf"

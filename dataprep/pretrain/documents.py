@@ -20,11 +20,10 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from dataprep.sources import (Chunk, ChunkReader, LineNumbers, parquet_file, read_chunk_data,
-                              read_chunk_lines, split_lines)
-from dataprep.tokenizers import Engine
-
-MAX_REJECT_CHARS = 1 << 20  # the rejects file keeps at most this much of a bad record
+from dataprep.io.records import Rejected, check_record, clip_record, one_object_per_line, parse_line
+from dataprep.io.sources import Chunk, parquet_file, read_chunk_data, split_lines
+from dataprep.tokenization.tokenizers import Engine
+from dataprep.tokenization.worker_engine import worker_engine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,14 +57,6 @@ class KeyTokens:
 
 
 @dataclass
-class Rejected:
-    local: int
-    """Index of the line (record for JSON arrays, row for parquet) within the chunk."""
-    reason: str
-    record: str
-
-
-@dataclass
 class ChunkResult:
     index: int
     n_lines: int = 0
@@ -95,96 +86,6 @@ class RecordDecoder:
         except Exception:  # msgspec.DecodeError / ValidationError / UnicodeDecodeError
             return None
         return [[getattr(r, n) for r in records] for n in self._names]
-
-
-def one_object_per_line(lines: list[bytes], decoded: int) -> bool:
-    """Whether ``decoded`` values (msgspec's ``decode_lines``) came one per non-blank line.
-
-    Equal counts are not enough: a value split across two lines and two values on another line
-    cancel out. Each non-blank line starting with '{' and ending with '}' rules out a split
-    value: JSON allows ``}`` followed by ``{`` only between top-level values.
-    """
-    nonblank = 0
-    for line in lines:
-        line = line.strip()
-        if line:
-            if line[:1] != b"{" or line[-1:] != b"}":
-                return False
-            nonblank += 1
-    return nonblank == decoded
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "array", str: "string",
-                                          bool: "boolean"}.get(type(value), type(value).__name__)
-
-
-def check_value(key: str, value: Any) -> str | None:
-    """Why a record's value for key cannot be tokenized, or None if it can."""
-    items = value if isinstance(value, list) else [value]
-    for n, item in enumerate(items):
-        where = f"key {key!r}" + (f" item {n}" if isinstance(value, list) else "")
-        if not isinstance(item, str):
-            return f"{where} is not a string (got {_type_name(item)})"
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return (f"{where} cannot be encoded as UTF-8: lone surrogate "
-                    f"\\u{ord(item[exc.start]):04x} at character {exc.start}")
-    return None
-
-
-def check_record(obj: Any, json_keys: tuple[str, ...]) -> str | None:
-    if not isinstance(obj, dict):
-        return f"not a JSON object (got {_type_name(obj)})"
-    for key in json_keys:
-        if key not in obj:
-            return f"missing key {key!r}"
-        reason = check_value(key, obj[key])
-        if reason:
-            return reason
-    return None
-
-
-def load_line(line: bytes) -> tuple[Any, str | None]:
-    """One line's JSON value → (value, None) or (None, reason)."""
-    try:
-        return json.loads(line), None
-    except UnicodeDecodeError as exc:
-        return None, f"invalid UTF-8 at byte {exc.start}"
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
-
-
-def parse_line(line: bytes, json_keys: tuple[str, ...]) -> tuple[Any, str | None]:
-    """One line → (record, None) or (None, reason)."""
-    obj, reason = load_line(line)
-    if reason is not None:
-        return None, reason
-    reason = check_record(obj, json_keys)
-    return (obj, None) if reason is None else (None, reason)
-
-
-def valid_texts(files: list[str], json_keys: tuple[str, ...]) -> Iterator[tuple[str, int, str]]:
-    """(file, line, text) for each text of the valid records of the inputs, in order, skipping
-    bad records and parquet files: the samples for the engine probe and verify-tokenizer."""
-    numbers = LineNumbers()
-    for chunk in ChunkReader(files, list(json_keys), chunk_bytes=1 << 16):
-        if chunk.kind == "parquet":
-            continue
-        lines = read_chunk_lines(chunk)
-        where = numbers.resolver(chunk, len(lines))
-        for i, line in enumerate(lines):
-            obj, reason = parse_line(line, json_keys) if line.strip() else (None, "blank")
-            if reason is not None:
-                continue
-            for key in json_keys:
-                for text in obj[key] if isinstance(obj[key], list) else [obj[key]]:
-                    yield chunk.path, where(i), text
-
-
-def clip_record(text: str) -> str:
-    return text if len(text) <= MAX_REJECT_CHARS else text[:MAX_REJECT_CHARS] + "…[truncated]"
 
 
 class DocumentEncoder:
@@ -289,50 +190,12 @@ class DocumentEncoder:
         return tokens, nonempty
 
 
-# -- worker process entry points -------------------------------------------------------------
-_ENGINE: Engine | None = None
-_INIT_ERROR: str | None = None
 _ENCODERS: dict[EncodeOptions, DocumentEncoder] = {}
-
-
-def init_worker(engine_spec) -> None:
-    """Build the engine once per process (spawned workers import no transformers).
-
-    A failure is kept, not raised, so the probe can report it and the caller try another engine.
-    """
-    from dataprep.tokenizers import build_engine
-
-    global _ENGINE, _INIT_ERROR
-    _ENGINE, _INIT_ERROR = None, None
-    _ENCODERS.clear()
-    try:
-        _ENGINE = build_engine(engine_spec)
-    except ImportError as exc:
-        _INIT_ERROR = f"not installed ({exc})"
-    except Exception as exc:  # an engine that cannot load this tokenizer is not fatal
-        _INIT_ERROR = f"cannot load this tokenizer ({type(exc).__name__}: {exc})"
-
-
-def worker_engine() -> Engine:
-    """This worker's engine (set by `init_worker`)."""
-    if _ENGINE is None:
-        raise RuntimeError(f"the worker has no engine: {_INIT_ERROR}")
-    return _ENGINE
-
-
-def encode_probe(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | str:
-    """The worker engine's ids for the probe texts, or why the engine is unavailable."""
-    if _ENGINE is None:
-        return _INIT_ERROR or "not initialised"
-    try:
-        return _ENGINE.encode_batch(texts)
-    except Exception as exc:  # e.g. an engine bug on an odd probe text: not trusted, not fatal
-        return f"failed on the probe ({type(exc).__name__}: {exc})"
 
 
 def encode_chunk(options: EncodeOptions, chunk: Chunk) -> ChunkResult:
     """One chunk's documents; options travel with the task (the pool starts before they are known)."""
     encoder = _ENCODERS.get(options)
-    if encoder is None:
+    if encoder is None or encoder.engine is not worker_engine():  # a rebuilt engine: new encoders
         encoder = _ENCODERS[options] = DocumentEncoder(worker_engine(), options)
     return encoder.encode(chunk)

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.chat_template import TemplateError, encode_segments, get_renderer
-from dataprep.conversations import RecordError, to_conversation
-from dataprep.documents import Rejected, clip_record, load_line, one_object_per_line, worker_engine
-from dataprep.sources import Chunk, parquet_file, read_chunk_data, split_lines
-from dataprep.tokenizers import Engine, auto_tokenizer
+from dataprep.sft.chat_template import TemplateError, encode_segments, get_renderer
+from dataprep.sft.conversations import RecordError, to_conversation
+from dataprep.io.records import Rejected, clip_record, load_line, one_object_per_line
+from dataprep.tokenization.worker_engine import worker_engine
+from dataprep.io.sources import Chunk, parquet_file, read_chunk_data, split_lines
+from dataprep.tokenization.tokenizers import Engine, auto_tokenizer
 from dataset_engine.sft_format import FIT_DROPPED_LONG, FIT_DROPPED_PROMPT, FIT_TRUNCATED, fit_record
 
 
@@ -31,7 +32,7 @@ class SFTOptions:
     fmt: str = "auto"
     """Record format: auto (per record), alpaca, messages or sharegpt."""
     template: str
-    """A named template (dataprep.chat_template.TEMPLATES) or ``tokenizer`` (its own Jinja one)."""
+    """A named template (dataprep.sft.chat_template.TEMPLATES) or ``tokenizer`` (its own Jinja one)."""
     eos_text: str
     """The tokenizer's eos token as text (templates that end a turn with it)."""
     tokenizer_path: str
@@ -158,7 +159,7 @@ _ENCODERS: dict[SFTOptions, SFTEncoder] = {}
 
 
 def encode_sft_chunk(options: SFTOptions, chunk: Chunk) -> SFTChunkResult:
-    """One chunk's records, in a worker started by `documents.init_worker`."""
+    """One chunk's records, in a worker started by `worker_engine.init_worker`."""
     encoder = _ENCODERS.get(options)
     if encoder is None or encoder.engine is not worker_engine():
         encoder = _ENCODERS[options] = SFTEncoder(worker_engine(), options)

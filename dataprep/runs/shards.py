@@ -31,15 +31,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Iterator, Protocol
 
-from dataprep import storage
+from dataprep.io import storage
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, Progress
-from dataprep.rejects import Rejects
-from dataprep.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
-from dataprep.workers import DEFAULT_SHARD_BYTES
+from dataprep.runs.executor import BackgroundCalls, Progress
+from dataprep.io.rejects import Rejects
+from dataprep.io.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
 
 WORK_FORMAT = "dataprep-work/1"
 
@@ -63,10 +61,17 @@ class Shard:
         return Piece(self.path, self.file_index, self.start, self.end, self.index)
 
 
-def plan_shards(files: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[Shard]:
-    """Shards of the inputs, in input order; the cuts depend only on the bytes and `shard_bytes`."""
+DEFAULT_SHARD_BYTES = 256 << 20
+
+
+def check_shard_bytes(shard_bytes: int) -> None:
     if shard_bytes < 1024:
         raise DataprepError(f"--shard-bytes must be at least 1024, got {shard_bytes}")
+
+
+def plan_shards(files: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[Shard]:
+    """Shards of the inputs, in input order; the cuts depend only on the bytes and `shard_bytes`."""
+    check_shard_bytes(shard_bytes)
     shards: list[Shard] = []
     for file_index, path in enumerate(files):
         size = storage.size(path)
@@ -405,14 +410,20 @@ def _finish(work: WorkDir, shard: Shard, merger: Merger, progress: Progress, fil
     fault(f"shard-done:{shard.index}")
 
 
-def _produce_item(job: ShardJob, item: tuple[Piece, str]) -> ShardDone:
-    return produce_shard(job, *item)
+class ShardExecutor(Protocol):
+    """Who produces the shards (`executors.py`: local processes or Ray tasks)."""
+
+    def produce(self, job: ShardJob, items: list[tuple[Piece, str]]) -> Iterator[ShardDone]:
+        """Each (piece, local prefix) produced, its files at the prefix, yielded in the given order."""
+
+    def terminate(self) -> None:
+        """Stop producing now: no shard file may appear after this returns."""
 
 
-def produce_shards(config, files: list[str], trusted, job: ShardJob, merger: Merger, what: dict, desc: str,
-                   log: Callable[[str], None]) -> tuple[WorkDir, list[dict]]:
+def produce_shards(config, files: list[str], executor: ShardExecutor, job: ShardJob, merger: Merger, what: dict,
+                   desc: str, log: Callable[[str], None]) -> tuple[WorkDir, list[dict]]:
     """Plan the shards, open (or resume) the work directory, produce every shard not yet done
-    with the run's engine and append every shard to `merger`, in order. `what` (command,
+    with `executor` and append every shard to `merger`, in order. `what` (command,
     tokenizer, options) joins the manifest: a rerun resumes only when it and the inputs are
     unchanged. Returns the open work directory (the caller completes the merger's outputs, then
     closes it) and the shards' markers."""
@@ -431,19 +442,13 @@ def produce_shards(config, files: list[str], trusted, job: ShardJob, merger: Mer
     if work.markers:
         log(f"resuming from {work.root}: {len(work.markers)} of {len(shards)} shards already done")
     items = [(s.piece(), work.local_prefix(s)) for s in shards if s.index not in work.markers]
-    if config.engine == "ray":
-        from dataprep.ray_engine import produced_shards
-
-        done = produced_shards(job, items, trusted.tokenizer.engine_spec(trusted.engine), config.ray_address,
-                               config.workers)
-    else:
-        done = (result for _, result in trusted.executor.map(partial(_produce_item, job), items))
+    done = executor.produce(job, items)
     progress = Progress(sum(s.bytes for s in shards), config.progress, desc=desc)
     try:
         markers = run_shards(shards, work, done, progress, merger,
                              None if config.skip_bad_records else f"{config.output_prefix}.rejects.jsonl")
     except BaseException:
-        trusted.executor.terminate()  # no worker may write into the directory after this
+        executor.terminate()  # no worker may write into the directory after this
         merger.abort()
         work.abandon()
         raise

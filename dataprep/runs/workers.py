@@ -16,14 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dataprep.documents import encode_probe, init_worker
+from dataprep.tokenization.worker_engine import encode_probe, init_worker
 from dataprep.errors import DataprepError
-from dataprep.executor import OrderedExecutor, available_cores, single_thread_engines
+from dataprep.runs.executor import OrderedExecutor, available_cores, check_workers, single_thread_engines
+from dataprep.runs.shards import DEFAULT_SHARD_BYTES, check_shard_bytes
 
-ENGINES = ("local", "ray")
-DEFAULT_SHARD_BYTES = 256 << 20
-from dataprep.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
+from dataprep.tokenization.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
                                  probe_mismatch, probe_texts, tokenizer_dir)
+
+EXECUTORS = ("local", "ray")  # --engine: who produces the shards (runs/executors.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +41,7 @@ class WorkerConfig:
     """Allow the tokenizer directory's own Python code (only when the user asks)."""
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise DataprepError(f"--workers must be at least 1, got {self.workers}")
+        check_workers(self.workers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,8 +56,8 @@ class RunConfig(WorkerConfig):
     """Write bad records to {output_prefix}.rejects.jsonl and go on, instead of stopping."""
     progress: bool = True
     """Show a progress bar."""
-    engine: str = "local"
-    """local (worker processes on this machine) or ray (Ray tasks, on a Ray cluster)."""
+    executor: str = "local"
+    """--engine: local (worker processes on this machine) or ray (Ray tasks, on a Ray cluster)."""
     ray_address: str | None = None
     """A Ray cluster to join (ray://…, host:port or auto); None starts a local Ray instance."""
     shard_bytes: int = DEFAULT_SHARD_BYTES
@@ -71,17 +71,16 @@ class RunConfig(WorkerConfig):
         super().__post_init__()
         if not self.inputs:
             raise DataprepError("no --input given")
-        if self.engine not in ENGINES:
-            raise DataprepError(f"unknown --engine {self.engine!r}; known: {', '.join(ENGINES)}")
-        if self.ray_address and self.engine != "ray":
+        if self.executor not in EXECUTORS:
+            raise DataprepError(f"unknown --engine {self.executor!r}; known: {', '.join(EXECUTORS)}")
+        if self.ray_address and self.executor != "ray":
             raise DataprepError("--ray-address needs --engine ray")
-        if self.shard_bytes < 1024:
-            raise DataprepError(f"--shard-bytes must be at least 1024, got {self.shard_bytes}")
+        check_shard_bytes(self.shard_bytes)
 
     @property
     def local_workers(self) -> int:
         """Worker processes on this machine: with Ray they only run the engine probe."""
-        return self.workers if self.engine == "local" else 1
+        return self.workers if self.executor == "local" else 1
 
 
 @dataclass

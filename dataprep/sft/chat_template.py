@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dataprep.conversations import Turn
+from dataprep.sft.conversations import Turn
 
 
 class TemplateError(ValueError):

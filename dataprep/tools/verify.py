@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 import time
 
-from dataprep.documents import valid_texts
+from dataprep.io.records import valid_texts
 from dataprep.errors import DataprepError
-from dataprep.executor import single_thread_engines
-from dataprep.sources import expand_inputs
-from dataprep.tokenizers import ENGINES, build_engine, first_difference, load_tokenizer
+from dataprep.runs.executor import single_thread_engines
+from dataprep.io.sources import expand_inputs
+from dataprep.tokenization.tokenizers import ENGINES, build_engine, first_difference, load_tokenizer
 
 
 def verify_tokenizer(*, name: str, path: str | None, inputs: list[str], json_keys: tuple[str, ...],

@@ -20,8 +20,10 @@ from collections import deque
 from typing import Iterator
 
 from dataprep.errors import DataprepError
-from dataprep.shards import ShardDone, produce_shard
-from dataprep.sources import Piece
+from dataprep.io.sources import Piece
+from dataprep.runs.executor import single_thread_engines
+from dataprep.runs.shards import ShardDone, produce_shard
+from dataprep.tokenization.worker_engine import init_worker
 
 _SPEC = None  # the engine spec this Ray worker process has built
 
@@ -30,9 +32,6 @@ def _produce_remote(spec, job, piece: Piece) -> tuple[ShardDone, dict[str, bytes
     """Runs inside a Ray worker: one shard produced in a temporary directory of that node, its
     files returned as bytes (the driver writes them into the work directory)."""
     global _SPEC
-    from dataprep.documents import init_worker
-    from dataprep.executor import single_thread_engines
-
     if _SPEC != spec:
         single_thread_engines()
         init_worker(spec)

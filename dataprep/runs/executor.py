@@ -33,6 +33,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        raise DataprepError(f"--workers must be at least 1, got {workers}")
+
+
 def human_size(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -125,8 +130,7 @@ class OrderedExecutor:
 
     def __init__(self, workers: int, initializer: Callable[..., None], initargs: tuple,
                  window_per_worker: int = 3) -> None:
-        if workers < 1:
-            raise DataprepError(f"--workers must be at least 1, got {workers}")
+        check_workers(workers)
         self.workers = workers
         self.initializer = initializer
         self.initargs = initargs

@@ -21,20 +21,21 @@ from functools import partial
 
 import numpy as np
 
-from dataprep import __version__, storage
-from dataprep.chat_template import TemplateError, get_renderer
-from dataprep.conversations import FORMATS, RecordError, to_conversation
-from dataprep.documents import load_line
+from dataprep import __version__
+from dataprep.io import storage
+from dataprep.sft.chat_template import TemplateError, get_renderer
+from dataprep.sft.conversations import FORMATS, RecordError, to_conversation
+from dataprep.io.records import load_line
 from dataprep.errors import DataprepError
-from dataprep.executor import BackgroundCalls, human_size
-from dataprep.packing import ALGORITHMS, PackingPlan, pack
-from dataprep.pretrain import tokenizer_identity
-from dataprep.shards import JoinedRejects, ShardJob, produce_shards
-from dataprep.sft_records import SFTOptions, encode_sft_chunk
-from dataprep.sources import ChunkReader, expand_inputs, read_chunk_lines
-from dataprep.storage import FILES
-from dataprep.tokenizers import LoadedTokenizer, get_spec
-from dataprep.workers import RunConfig, TrustedWorkers, start_trusted_workers
+from dataprep.runs.executor import BackgroundCalls, human_size
+from dataset_engine.packing import ALGORITHMS, PackingPlan, pack
+from dataprep.runs.executors import shard_executor
+from dataprep.runs.shards import JoinedRejects, ShardJob, produce_shards
+from dataprep.sft.records import SFTOptions, encode_sft_chunk
+from dataprep.io.sources import ChunkReader, expand_inputs, read_chunk_lines
+from dataprep.io.storage import FILES
+from dataprep.tokenization.tokenizers import LoadedTokenizer, get_spec
+from dataprep.runs.workers import RunConfig, TrustedWorkers, start_trusted_workers
 from dataset_engine.idxmap import LOCAL_FILES, SCRATCH_FILES, IdxmapReader, optimal_dtype
 from dataset_engine.sft_format import (NATIVE_LAYOUT, PAI_LAYOUT, NativeSFT, NativeSFTWriter, mask_prefix,
                                        pai_row, tokens_prefix, write_pai)
@@ -271,7 +272,7 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
                          output=tokens_prefix(config.output_prefix))
     if not storage.is_url(config.output_prefix):
         os.makedirs(os.path.dirname(os.path.abspath(config.output_prefix)), exist_ok=True)
-    what = {"command": "sft", "tokenizer": tokenizer_identity(tok),
+    what = {"command": "sft", "tokenizer": tok.identity(),
             "options": {"format": config.fmt, "template": options.template, "system": config.system,
                         "seq_length": config.seq_length, "drop_long": config.drop_long,
                         "dtype": options.dtype, "skip_bad_records": config.skip_bad_records}}
@@ -285,7 +286,7 @@ def _run(config: SFTConfig, files: list[str], trusted: TrustedWorkers, options: 
                        open_output=partial(SFTShard, dtype=options.dtype), json_keys=(),
                        chunk_bytes=config.chunk_bytes, stop_at_first_reject=not config.skip_bad_records,
                        driver_pid=os.getpid())
-        work, markers = produce_shards(config, files, trusted, job, merger, what, desc="sft", log=log)
+        work, markers = produce_shards(config, files, shard_executor(config, trusted), job, merger, what, desc="sft", log=log)
     except BaseException:
         if records_dir:
             shutil.rmtree(records_dir, ignore_errors=True)

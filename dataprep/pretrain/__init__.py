@@ -1,0 +1,2 @@
+"""`dataprep pretrain`: jsonl/parquet records → token documents (`documents`) → one Megatron
+idxmap per json key (`run`)."""
