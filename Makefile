@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test`. Both create .venv and install what they need.
+# Two entry points: `make demo` and `make test` (and `make test-fast` while working). All create .venv and install what they need.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-sft bench-index bench-train bench-scale bench-convert clean
+.PHONY: install demo test test-fast bench bench-sft bench-index bench-train bench-scale bench-convert clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+# the in-process tier, to run while working (< 2 min): tests marked slow start processes
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/pretrain_throughput.py

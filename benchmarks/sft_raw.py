@@ -382,8 +382,9 @@ def main() -> int:
     t0 = now()
     import transformers  # noqa: F401  (imports paid once, before any timing, so both formats' start-up compare)
 
-    import dataprep.sft.run  # noqa: F401
     import dataprep.runs.workers  # noqa: F401
+    import dataprep.sft.raw  # noqa: F401
+    import dataprep.sft.run  # noqa: F401
     import dataset_engine.raw  # noqa: F401
     import dataset_engine.sft  # noqa: F401
     imports = now() - t0

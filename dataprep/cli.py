@@ -5,6 +5,9 @@ Megatron-LM / Pai-Megatron-Patch spellings are accepted so existing scripts port
 `--tokenizer-model` for `--tokenizer-path`; `--partitions` and `--keep-sequential-samples` are
 accepted (output is always in input order, parallelism is `--workers`); options we do not
 support fail with a message that says what to do instead.
+
+Each command imports its module when it runs, so `dataprep --help` and every command start
+without loading the others (the pretrain path never loads torch or transformers up front).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args: argparse.Namespace) -> dict:
-    from dataprep.runs.executor import available_cores
+    from dataprep.runs.pool import available_cores
 
     return dict(inputs=tuple(args.input), output_prefix=args.output_prefix, tokenizer=_tokenizer_name(args),
                 tokenizer_path=args.tokenizer_path, workers=args.workers or available_cores(),
@@ -188,13 +191,8 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dataprep", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"dataprep {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-
+def _add_pretrain(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep pretrain`: Megatron's preprocess_data.py / Pai's options, and ours."""
     p = sub.add_parser("pretrain", parents=[common], help="jsonl/json/parquet text → Megatron idxmap (.bin/.idx)")
     p.add_argument("--input", nargs="+", required=True,
                    help="files, directories or globs; local paths or URLs (s3://, gs://, file://)")
@@ -217,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_sft(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep sft`: Pai's build_idxmap_sft_dataset.py options, and ours."""
     s = sub.add_parser("sft", parents=[common],
                        help="alpaca / messages / ShareGPT records → SFT idxmaps with loss masks")
     s.add_argument("--input", nargs="+", required=True,
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-interval", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sft)
 
+
+def _add_verify_tokenizer(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep verify-tokenizer`."""
     v = sub.add_parser("verify-tokenizer", parents=[common],
                        help="check each tokenizer engine against the reference on your data")
     v.add_argument("--input", nargs="+", required=True)
@@ -260,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_args(v)
     v.set_defaults(func=cmd_verify_tokenizer)
 
+
+def _add_inspect(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep inspect`."""
     i = sub.add_parser("inspect", parents=[common], help="counts, lengths, metadata and decoded samples of an idxmap")
     i.add_argument("prefix", help="idxmap prefix (path without .bin/.idx)")
     i.add_argument("--sample", type=int, nargs="*", default=[], help="documents to show")
@@ -270,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a PNG histogram of tokens per document")
     i.set_defaults(func=cmd_inspect)
 
+
+def _add_verify(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep verify`."""
     c = sub.add_parser("verify", parents=[common],
                        help="full integrity check of idxmaps: index, sizes, token ids in the vocabulary, "
                             "SFT masks and rows")
@@ -278,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token ids must be below this (default: tokenizer.vocab_size of the sidecar)")
     c.set_defaults(func=cmd_verify)
 
+
+def _add_merge(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep merge`."""
     m = sub.add_parser("merge", parents=[common],
                        help="concatenate idxmaps into one (as Megatron's tools/merge_datasets.py)")
     m.add_argument("--input", nargs="+", required=True,
@@ -285,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output-prefix", required=True, help="writes {PREFIX}.bin/.idx/.json")
     m.set_defaults(func=cmd_merge)
 
+
+def _add_build_index(sub, common: argparse.ArgumentParser) -> None:
+    """`dataprep build-index`."""
     b = sub.add_parser("build-index", parents=[common],
                        help="build the pretrain sample indices (megatron-core GPTDataset's) ahead of training")
     b.add_argument("--data-path", nargs="+", required=True,
@@ -304,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples of seq_length tokens, not seq_length + 1 (megatron's add_extra_token_to_sequence=False)")
     b.add_argument("--cache-dir", default=None, help="default: $DATAPREP_CACHE/gpt or ~/.cache/dataprep/gpt")
     b.set_defaults(func=cmd_build_index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dataprep", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"dataprep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_pretrain(sub, common)
+    _add_sft(sub, common)
+    _add_verify_tokenizer(sub, common)
+    _add_inspect(sub, common)
+    _add_verify(sub, common)
+    _add_merge(sub, common)
+    _add_build_index(sub, common)
     return parser
 
 

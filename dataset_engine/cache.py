@@ -46,31 +46,31 @@ def default_cache_dir() -> str:
     return os.environ.get("DATAPREP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dataprep")
 
 
-def file_digest(path: str, cache_dir: str | None = None) -> str:
-    """blake2b of a file's bytes. Hashing a 10 M-document .idx takes ~0.5 s, so the digest is
-    remembered per process and, with a cache_dir, in ``digests/`` there, reused while the file's
-    size, mtime, ctime and inode are unchanged (any rewrite of the file changes its ctime)."""
+def file_digest(path: str) -> str:
+    """blake2b of a file's bytes: the content identity every cache key is built from. Hashing
+    a 10 M-document .idx takes ~0.5 s (a GB of json ~1 s), so the digest is remembered per
+    process and in ``{default_cache_dir()}/digests/`` (one memo for every cache), reused while
+    the file's size, mtime, ctime and inode are unchanged (any rewrite of the file changes its
+    ctime)."""
     path = os.path.abspath(path)
     st = os.stat(path)
     # ctime too: a copy over the file that keeps its size and sets its mtime back (cp -p) still
     # changes the ctime, which no user tool can set
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
-    memo = os.path.join(cache_dir, "digests", hashlib.sha1(path.encode()).hexdigest() + ".json") \
-        if cache_dir else None
-    if memo and os.path.exists(memo):
+    memo = os.path.join(default_cache_dir(), "digests", hashlib.sha1(path.encode()).hexdigest() + ".json")
+    if os.path.exists(memo):
         with contextlib.suppress(OSError, ValueError, KeyError):
             with open(memo, encoding="utf-8") as f:
                 stored = json.load(f)
             if stored["path"] == path and stored["stamp"] == stamp:
                 return stored["digest"]
     digest = _digest(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if memo:
-        with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(memo), exist_ok=True)
-            tmp = f"{memo}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"path": path, "stamp": stamp, "digest": digest}, f)
-            os.replace(tmp, memo)
+    with contextlib.suppress(OSError):  # a read-only cache: the digest is only not remembered
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        tmp = f"{memo}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"path": path, "stamp": stamp, "digest": digest}, f)
+        os.replace(tmp, memo)
     return digest
 
 

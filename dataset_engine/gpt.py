@@ -161,7 +161,7 @@ class GPTSamples(torch.utils.data.Dataset):
         drop_last = config.drop_last_partial_validation_sequence if split == "valid" else True
         self.description = {
             "kind": "gpt", "idx": {"path": os.path.abspath(tokens.reader.idx_path),
-                                   "digest": file_digest(tokens.reader.idx_path, config.cache_dir)},
+                                   "digest": file_digest(tokens.reader.idx_path)},
             "sequences": [beg, end], "num_samples": num_samples, "seq_length": config.seq_length,
             "seed": config.seed, "add_extra_token": config.add_extra_token, "drop_last_partial": drop_last}
         arrays, self.cache_hit = cached_arrays(config.cache_dir, self.description, lambda: build_gpt_indices(

@@ -148,7 +148,7 @@ def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
     st = os.stat(path)
     cached = None
     if cache_dir:
-        key = cache_key({"raw_index": INDEX_VERSION, "file": file_digest(path, cache_dir)})
+        key = cache_key({"raw_index": INDEX_VERSION, "file": file_digest(path)})
         cached = os.path.join(cache_dir, f"raw-index-{key}.npz")
     if cached and os.path.exists(cached):
         with np.load(cached, allow_pickle=False) as z:

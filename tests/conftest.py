@@ -5,6 +5,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if "DATAPREP_CACHE" not in os.environ:  # caches and digest memos of the tests stay out of ~/.cache
+    import tempfile
+
+    os.environ["DATAPREP_CACHE"] = _SESSION_CACHE = tempfile.mkdtemp(prefix="dataprep-test-cache-")
 
 import json
 import subprocess
@@ -17,6 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The literal text of DeepSeek's eos token; written inside a document it is still the special token.
 EOS_TEXT = "<｜end▁of▁sentence｜>"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if globals().get("_SESSION_CACHE"):
+        import shutil
+
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def cli_env(**extra: str) -> dict:

@@ -137,7 +137,8 @@ import json, sys, torch
 from megatron.core import parallel_state, tensor_parallel
 from trainer_bridge import cpu_compat
 from trainer_bridge.checkpoint import checkpoint_dir, converted_hf, load_weights
-from trainer_bridge.train import build_model, init_distributed, parse_args
+from trainer_bridge.config import parse_args
+from trainer_bridge.model import ModelConfig, build_model, init_distributed
 hf_dir, tokens = sys.argv[1], json.loads(sys.argv[2])
 init_distributed()
 cpu_compat.enable()
@@ -145,7 +146,7 @@ parallel_state.initialize_model_parallel(tensor_model_parallel_size=2)
 tensor_parallel.model_parallel_cuda_manual_seed(0, inference_rng_tracker=True, force_reset_rng=True)
 config = parse_args(["--model-size", "hf", "--load", hf_dir, "--data-path", "-", "--train-iters", "1",
                      "--tensor-model-parallel-size", "2", "--precision", "fp32"])
-model, _ = build_model(config, cpu=True)
+model, _ = build_model(ModelConfig.of(config), cpu=True)
 load_weights(model, model.sharded_state_dict(prefix=""), checkpoint_dir(converted_hf(hf_dir, config.preset())))
 model.eval()
 ids = torch.tensor([tokens])

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from dataprep.runs.executor import OrderedExecutor
+from dataprep.runs.pool import OrderedExecutor
 
 
 def _square(x: int) -> int:
@@ -27,7 +27,7 @@ def test_results_come_back_in_order_for_any_worker_count():
 
 SCRIPT = textwrap.dedent("""
     import sys, time
-    from dataprep.runs.executor import OrderedExecutor
+    from dataprep.runs.pool import OrderedExecutor
 
     def idle():
         pass

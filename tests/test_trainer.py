@@ -84,7 +84,7 @@ def test_prompt_and_padding_carry_no_loss(data):
     from dataset_engine.batch import collate
     from dataprep.sft.raw import build_sft_dataset
     from dataset_engine.sft import SFTDatasetConfig
-    from trainer_bridge.train import forward_step_factory
+    from trainer_bridge.loop import forward_step_factory
 
     dataset = build_sft_dataset(str(data["sft"]), SFTDatasetConfig(seq_length=128, pad_length=128))
     batch = collate([dataset[i] for i in range(3)])

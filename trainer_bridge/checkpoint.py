@@ -11,18 +11,24 @@ megatron-core checkpoint, or a Hugging Face model directory (converted once, `co
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import subprocess
+import sys
+import time
 
+import numpy as np
 import torch
+
+from dataset_engine.cache import cache_key, default_cache_dir, file_digest
+from trainer_bridge.config import TrainConfig
+from trainer_bridge.presets import ModelPreset, preset_from_hf, read_hf_config, same_architecture
 
 LATEST = "latest_checkpointed_iteration.txt"
 
 
 def _rng_state() -> dict:
     """The random generators (rank 0's: the model has no dropout, so they rarely matter)."""
-    import random
-
-    import numpy as np
-
     from megatron.core import tensor_parallel
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -33,10 +39,6 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
     from megatron.core import tensor_parallel
 
     random.setstate(state["python"])
@@ -52,7 +54,7 @@ def _model_state(ddp) -> dict:
         else ddp.sharded_state_dict(prefix="")
 
 
-def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> str:
+def save(config: TrainConfig, ddp, optimizer, scheduler, iteration: int, consumed: int) -> str:
     from megatron.core import dist_checkpointing
 
     path = os.path.join(config.save, f"iter_{iteration:07d}")
@@ -74,7 +76,7 @@ def save(config, ddp, optimizer, scheduler, iteration: int, consumed: int) -> st
     return path
 
 
-def converted_hf(path: str, wanted) -> str:
+def converted_hf(path: str, wanted: ModelPreset) -> str:
     """`path` itself, or for a Hugging Face model directory (it has a config.json) its
     megatron-core conversion in the model's own precision, made once per machine by local rank 0
     and cached under $DATAPREP_CACHE/hf2mcore (keyed by its files' contents).
@@ -82,13 +84,6 @@ def converted_hf(path: str, wanted) -> str:
     if not os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, LATEST)) \
             or os.path.isfile(os.path.join(path, "metadata.json")):  # Pai's converters copy config.json too
         return path
-    from dataset_engine.cache import cache_key, default_cache_dir, file_digest
-    import subprocess
-    import sys
-    import time
-
-    from trainer_bridge.presets import preset_from_hf, read_hf_config, same_architecture
-
     hf_config = read_hf_config(path)
     found = preset_from_hf(hf_config)
     if not same_architecture(found, wanted):
@@ -98,7 +93,7 @@ def converted_hf(path: str, wanted) -> str:
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(
         str(hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"), "fp32")
     # the files' contents decide the key (the one cache rule): a model rewritten in place is converted again
-    files = {name: file_digest(os.path.join(path, name), default_cache_dir())
+    files = {name: file_digest(os.path.join(path, name))
              for name in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, name))}
     key = cache_key({"hf2mcore": 1, "precision": precision, "files": files})
     target = os.path.join(default_cache_dir(), "hf2mcore", key)
@@ -122,8 +117,6 @@ def converted_hf(path: str, wanted) -> str:
         except OSError:  # another machine sharing the cache finished first
             if not os.path.isdir(target):
                 raise
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     while not os.path.isdir(target):
         if os.path.exists(failed) and os.path.getmtime(failed) >= started:  # not an earlier run's
@@ -134,7 +127,7 @@ def converted_hf(path: str, wanted) -> str:
     return target
 
 
-def load(config, ddp, optimizer, scheduler) -> dict | None:
+def load(config: TrainConfig, ddp, optimizer, scheduler) -> dict | None:
     """Resume from the latest checkpoint in --save (model, optimizer, scheduler, position), else
     start from --load's weights; None when there is nothing to load."""
     from megatron.core import dist_checkpointing

@@ -53,9 +53,12 @@ from typing import Mapping
 
 import torch
 
-from trainer_bridge.checkpoint import LATEST
-from trainer_bridge.presets import (HF_CONFIG_FILES, ModelPreset, get_preset, layout_problem, preset_from_hf,
-                                    read_hf_config, same_architecture)
+from dataprep.errors import debug_requested, run_command
+from trainer_bridge import cpu_compat
+from trainer_bridge.checkpoint import LATEST, checkpoint_dir
+from trainer_bridge.model import ModelConfig, build_model, init_distributed
+from trainer_bridge.presets import (HF_CONFIG_FILES, ModelPreset, get_preset, layout_problem, param_count,
+                                    preset_from_hf, read_hf_config, same_architecture)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json", "chat_template.jinja")
@@ -69,6 +72,10 @@ _LAYER = {  # one-to-one tensors: HF name in a layer → megatron name in a laye
 _GLOBAL = {"model.embed_tokens.weight": "embedding.word_embeddings.weight",
            "model.norm.weight": "decoder.final_layernorm.weight",
            "lm_head.weight": "output_layer.weight"}
+
+
+DIRECTIONS = ("hf2mcore", "mcore2hf")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ConvertError(ValueError):
@@ -203,20 +210,16 @@ def _model(preset: ModelPreset, dtype: torch.dtype, meta: bool = False):
     layout only, no memory), with the process group and parallel state set up once."""
     from megatron.core import parallel_state, tensor_parallel
 
-    from trainer_bridge import cpu_compat
-    from trainer_bridge.train import build_model, init_distributed, parse_args
-
     init_distributed("gloo")  # conversion runs on the CPU, GPUs or not
     cpu = cpu_compat.enable()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
         tensor_parallel.model_parallel_cuda_manual_seed(0, inference_rng_tracker=cpu, force_reset_rng=True)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    # the training entry's own model builder (one rank; the preset replaces --model-size's)
-    config = parse_args(["--model-size", "tiny", "--data-path", "-", "--train-iters", "1", "--precision", precision,
-                         "--seq-length", str(min(preset.max_position_embeddings, 4096))])
+    # the trainer's own model builder, one rank
+    config = ModelConfig(preset=preset, precision=precision, seq_length=min(preset.max_position_embeddings, 4096))
     with torch.device("meta" if meta else "cpu"):
-        model, _ = build_model(config, cpu=True, preset=preset, local_spec=True)
+        model, _ = build_model(config, cpu=True, local_spec=True)
     return model.module if hasattr(model, "module") and precision != "fp32" else model
 
 
@@ -487,8 +490,6 @@ def mcore2hf(src: str, dst: str, dtype: torch.dtype = torch.float32, max_shard_b
     its latest iteration (latest_checkpointed_iteration.txt)."""
     from safetensors.torch import save_file
 
-    from trainer_bridge.checkpoint import checkpoint_dir
-
     ckpt = checkpoint_dir(src)
     # the architecture and tokenizer: --hf-config, else beside the checkpoint (hf2mcore's hf_config.json)
     candidates = [hf_config_dir] if hf_config_dir else [src, os.path.dirname(os.path.abspath(ckpt))]
@@ -534,7 +535,7 @@ def _pai_arguments(argv: list[str]) -> list[str]:
     size, load, save, mg2hf, _use_cuda, precision, *hf_dir = argv  # USE_CUDA: conversion streams on the CPU
     if mg2hf not in ("true", "false"):
         raise ConvertError(f"MG2HF={mg2hf!r}: expected true or false")
-    if precision not in ("fp32", "bf16", "fp16"):
+    if precision not in DTYPES:
         raise ConvertError(f"PR={precision!r}: expected fp32, bf16 or fp16")
     if mg2hf == "true":
         if not hf_dir:
@@ -544,13 +545,12 @@ def _pai_arguments(argv: list[str]) -> list[str]:
     return ["hf2mcore", "--load", load, "--save", save, "--precision", precision, "--model-size", size]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer_bridge.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("direction", choices=["hf2mcore", "mcore2hf"])
+    parser.add_argument("direction", choices=DIRECTIONS)
     parser.add_argument("--load", required=True, help="source directory")
     parser.add_argument("--save", required=True, help="target directory (created; must not hold files)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=list(DTYPES))
     parser.add_argument("--model-size", default=None,
                         help="Pai's MODEL_SIZE (0.6B … A3B): checked against the HF config.json; hf: no check")
     parser.add_argument("--target-tensor-parallel-size", "--tp", type=int, default=1, dest="tp",
@@ -564,42 +564,43 @@ def main(argv: list[str] | None = None) -> int:
                         help="mcore2hf: the HF directory (or hf2mcore checkpoint) giving config.json and the "
                              "tokenizer, e.g. for a trainer's iter_N directory (default: --load)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    debug = "--debug" in argv
-    if debug and argv[0] not in ("hf2mcore", "mcore2hf"):
-        argv.remove("--debug")  # Pai's positional form: allowed anywhere
-    warnings.filterwarnings("ignore", module=r"megatron\.core|torch\.distributed\.checkpoint")  # not about the data
-    started = time.perf_counter()
-    try:
-        if argv and argv[0] not in ("hf2mcore", "mcore2hf") and not argv[0].startswith("-"):
-            argv = _pai_arguments(argv)
-        args = parser.parse_args(argv)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-        expect = None
-        if args.model_size and args.model_size.lower() != "hf":
-            try:
-                expect = get_preset(args.model_size)
-            except ValueError as exc:
-                raise ConvertError(f"{exc}; or hf (the architecture of config.json, unchecked)") from None
-        if args.direction == "hf2mcore":
-            preset = hf2mcore(args.load, args.save, dtype, (args.tp, args.pp, args.ep), expect=expect)
-        else:
-            preset = mcore2hf(args.load, args.save, dtype, args.max_shard_size, args.hf_config, expect=expect)
-    except (ConvertError, ValueError, OSError) as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # anything unexpected: one line, the traceback with --debug
-        if debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
-    from trainer_bridge.presets import param_count
+    return parser
 
+
+def _expected_preset(model_size: str | None) -> ModelPreset | None:
+    """The preset --model-size names, to check the checkpoint against (None: hf or not given)."""
+    if not model_size or model_size.lower() == "hf":
+        return None
+    try:
+        return get_preset(model_size)
+    except ValueError as exc:
+        raise ConvertError(f"{exc}; or hf (the architecture of config.json, unchecked)") from None
+
+
+def _convert(argv: list[str]) -> int:
+    started = time.perf_counter()
+    if argv and argv[0] not in DIRECTIONS and not argv[0].startswith("-"):
+        argv = _pai_arguments(argv)
+    args = _parser().parse_args(argv)
+    dtype, expect = DTYPES[args.precision], _expected_preset(args.model_size)
+    if args.direction == "hf2mcore":
+        preset = hf2mcore(args.load, args.save, dtype, (args.tp, args.pp, args.ep), expect=expect)
+    else:
+        preset = mcore2hf(args.load, args.save, dtype, args.max_shard_size, args.hf_config, expect=expect)
     print(f"{args.direction}: {preset.hf_model_type}, {preset.num_layers} layers, hidden {preset.hidden_size}, "
           f"{param_count(preset) / 1e9:.2f} B parameters in {args.precision} → {args.save} "
           f"({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(argv)
+    if "--debug" in argv and argv[0] not in DIRECTIONS:
+        argv.remove("--debug")  # Pai's positional form: allowed anywhere
+    warnings.filterwarnings("ignore", module=r"megatron\.core|torch\.distributed\.checkpoint")  # not about the data
+    # ValueError and OSError: a checkpoint, directory or option that does not fit (ConvertError among them)
+    return run_command(lambda: _convert(argv), debug=debug, expected=(ConvertError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ from typing import Iterator
 
 import torch
 
+from dataprep.sft.raw import build_sft_dataset
+from dataprep.tokenization.tokenizers import load_tokenizer
 from dataset_engine.batch import collate
+from dataset_engine.gpt import GPTDataConfig, build_gpt_datasets
+from dataset_engine.idxmap import read_sidecar
+from dataset_engine.sft import SFTDatasetConfig
 
 
 class ResumableBatchSampler:
@@ -57,23 +62,18 @@ class DataSettings:
 
 def _eod(settings: DataSettings, prefixes: list[str]) -> int:
     """The EOD id: from the idxmap's sidecar (dataprep writes it), else the tokenizer."""
-    from dataset_engine.idxmap import read_sidecar
-
     for prefix in prefixes:
         sidecar = read_sidecar(prefix)
         if sidecar and sidecar.get("tokenizer", {}).get("eod") is not None:
             return int(sidecar["tokenizer"]["eod"])
     if settings.tokenizer is None:
         raise ValueError(f"{prefixes[0]}: no sidecar names the EOD id; pass --tokenizer and --tokenizer-path")
-    from dataprep.tokenization.tokenizers import load_tokenizer
-
     return int(load_tokenizer(settings.tokenizer, settings.tokenizer_path).eod)
 
 
 def build_datasets(settings: DataSettings, num_samples: list[int]):
     """(train, valid) datasets; valid may be None."""
     if not settings.sft:
-        from dataset_engine.gpt import GPTDataConfig, build_gpt_datasets
         from megatron.core.datasets.utils import get_blend_from_list
 
         prefixes = get_blend_from_list(list(settings.data_path))[0]
@@ -86,9 +86,6 @@ def build_datasets(settings: DataSettings, num_samples: list[int]):
             valid = build_gpt_datasets(GPTDataConfig(data_path=settings.valid_data_path, split="100,0,0", **common),
                                        [num_samples[1], None, None])[0]
         return train, valid
-    from dataprep.sft.raw import build_sft_dataset
-    from dataset_engine.sft import SFTDatasetConfig
-
     config = SFTDatasetConfig(seq_length=settings.seq_length, packing=settings.sft_packing,
                               pad_length=None if settings.sft_packing else settings.pad_length, seed=settings.seed)
 

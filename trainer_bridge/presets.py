@@ -31,6 +31,9 @@ are renormalised like A3B's, so both presets use pre_softmax=False.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +135,6 @@ def layout_problem(preset: ModelPreset, size: str, tp: int = 1, pp: int = 1, ep:
     """Why a TP/PP/EP(/ETP) layout cannot split the preset (megatron-core's conditions on its
     heads, query groups, layers and experts), or None. `size` names the model in the message;
     `uneven_pp`: the first stage is sized on its own (MP_PP0_LAYERS), so PP need not divide."""
-    import math
-
     for name, value in (("TP", tp), ("PP", pp), ("EP", ep), ("ETP", etp)):
         if value < 1:
             return f"{name}={value} is too small; give an integer >= 1"
@@ -201,9 +202,6 @@ HF_CONFIG_FILES = ("config.json", "hf_config.json")  # an HF directory's; its co
 def read_hf_config(path: str | None) -> dict:
     """The HF config of a Hugging Face directory (`config.json`) or of an hf2mcore checkpoint
     (`hf_config.json`)."""
-    import json
-    import os
-
     for name in HF_CONFIG_FILES:
         if path and os.path.isfile(os.path.join(path, name)):
             with open(os.path.join(path, name), encoding="utf-8") as f:
@@ -264,7 +262,7 @@ def transformer_config_kwargs(preset: ModelPreset) -> dict[str, Any]:
     use_cpu_initialization, tensor_model_parallel_size). The GPTModel arguments (vocabulary,
     sequence length, RoPE base, tying) are in `gpt_model_kwargs`.
     """
-    import torch
+    import torch  # here only: the launcher reads the presets without loading torch
 
     kwargs: dict[str, Any] = {
         "num_layers": preset.num_layers,

@@ -41,6 +41,7 @@ def one_object_per_line(lines: list[bytes], decoded: int) -> bool:
 
 
 def type_name(value: Any) -> str:
+    """A json value's type as the reasons name it (object, array, string, null…)."""
     return "null" if value is None else {dict: "object", list: "array", str: "string",
                                           bool: "boolean"}.get(type(value), type(value).__name__)
 

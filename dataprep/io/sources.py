@@ -225,87 +225,17 @@ class ChunkReader:
             line += block.count(b"\n")
 
     def _array(self, path: str, stream: BinaryIO, raw: BinaryIO) -> Iterator[Chunk]:
-        """Split a top-level JSON array into its elements without loading the whole file.
-
-        Raw newlines can only be whitespace between JSON tokens (inside strings they must be
-        escaped), so an element's text with newlines replaced by spaces is still the same JSON.
-        """
-        utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-        decoder = json.JSONDecoder()
-        buf, pos, line, eof = "", 0, 1, False
-        consumed = 0
-
-        def fill() -> bool:
-            nonlocal buf, pos, eof
-            if eof:
-                return False
-            data = stream.read(1 << 20)
-            try:
-                more = utf8.decode(data, final=not data)
-            except UnicodeDecodeError as exc:
-                bad_line = line + buf.count("\n", pos) + data.count(b"\n", 0, exc.start)
-                raise DataprepError(f"{path}:{bad_line}: invalid UTF-8 in JSON array "
-                                    f"(byte 0x{data[exc.start]:02x})") from exc
-            if not data:
-                eof = True
-                return False
-            buf = buf[pos:] + more
-            pos = 0
-            return True
-
-        def skip_ws() -> str:
-            """Advance past whitespace (counting lines); return the next character or ''."""
-            nonlocal pos, line
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    line += buf[pos] == "\n"
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-                if not fill():
-                    return ""
-
-        def fail(reason: str) -> DataprepError:
-            return DataprepError(f"{path}:{line}: {reason}")
-
-        if skip_ws() != "[":
-            raise fail("expected a JSON array")
-        pos += 1
+        """A top-level JSON array's elements (`JsonArrayElements`) in chunks of about
+        chunk_bytes, each element on one line of the chunk."""
         pending: list[bytes] = []
         numbers: list[int] = []
-        size = 0
-        expect_element = True
-        while True:
-            ch = skip_ws()
-            if ch == "":
-                raise fail("JSON array is not closed (file truncated?)")
-            if ch == "]":
-                pos += 1
-                if skip_ws() != "":
-                    raise fail("unexpected data after the closing ']' of the JSON array")
-                break
-            if ch == ",":
-                if expect_element:
-                    raise fail("invalid JSON array: unexpected ','")
-                pos += 1
-                expect_element = True
-                continue
-            if not expect_element:
-                raise fail(f"invalid JSON array: expected ',' or ']', got {ch!r}")
-            while True:
-                try:
-                    _, end = decoder.raw_decode(buf, pos)
-                    break
-                except json.JSONDecodeError as exc:
-                    if len(buf) - pos > MAX_ARRAY_ELEMENT or not fill():
-                        raise fail(f"invalid JSON in array element: {exc.msg}") from None
-            element = buf[pos:end]
+        size = consumed = 0
+        for element, line in JsonArrayElements(path, stream):
+            # raw newlines can only be whitespace between JSON tokens (inside strings they are
+            # escaped), so the element with newlines made spaces is still the same JSON
             pending.append(element.replace("\r", " ").replace("\n", " ").encode("utf-8"))
             numbers.append(line)
-            size += end - pos
-            line += element.count("\n")
-            pos = end
-            expect_element = False
+            size += len(element)
             if size >= self.chunk_bytes:
                 position = raw.tell()
                 yield self._chunk(path, kind="lines", data=b"\n".join(pending),
@@ -370,3 +300,88 @@ def split_lines(data: bytes) -> list[bytes]:
 
 def read_chunk_lines(chunk: Chunk) -> list[bytes]:
     return split_lines(read_chunk_data(chunk))
+
+
+class JsonArrayElements:
+    """The elements of a top-level JSON array as ``(text, first line)``, read 1 MiB at a time,
+    so a file of any size is split without loading it whole. Bad input raises DataprepError
+    naming FILE:LINE (not an array, invalid UTF-8 or JSON, not closed, data after it)."""
+
+    def __init__(self, path: str, stream: BinaryIO) -> None:
+        self.path, self.stream = path, stream
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.decoder = json.JSONDecoder()
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+
+    def fail(self, reason: str) -> DataprepError:
+        return DataprepError(f"{self.path}:{self.line}: {reason}")
+
+    def fill(self) -> bool:
+        """Read more of the file into the buffer; False at its end."""
+        if self.eof:
+            return False
+        data = self.stream.read(1 << 20)
+        try:
+            more = self.utf8.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            bad_line = self.line + self.buf.count("\n", self.pos) + data.count(b"\n", 0, exc.start)
+            raise DataprepError(f"{self.path}:{bad_line}: invalid UTF-8 in JSON array "
+                                f"(byte 0x{data[exc.start]:02x})") from exc
+        if not data:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + more
+        self.pos = 0
+        return True
+
+    def skip_ws(self) -> str:
+        """Advance past whitespace (counting lines); return the next character or ''."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.line += self.buf[self.pos] == "\n"
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return ""
+
+    def element(self) -> str:
+        """The JSON value at the cursor (the buffer grows until it holds a whole one)."""
+        while True:
+            try:
+                _, end = self.decoder.raw_decode(self.buf, self.pos)
+                break
+            except json.JSONDecodeError as exc:
+                if len(self.buf) - self.pos > MAX_ARRAY_ELEMENT or not self.fill():
+                    raise self.fail(f"invalid JSON in array element: {exc.msg}") from None
+        text = self.buf[self.pos:end]
+        self.pos = end
+        return text
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        if self.skip_ws() != "[":
+            raise self.fail("expected a JSON array")
+        self.pos += 1
+        expect_element = True
+        while True:
+            ch = self.skip_ws()
+            if ch == "":
+                raise self.fail("JSON array is not closed (file truncated?)")
+            if ch == "]":
+                self.pos += 1
+                if self.skip_ws() != "":
+                    raise self.fail("unexpected data after the closing ']' of the JSON array")
+                return
+            if ch == ",":
+                if expect_element:
+                    raise self.fail("invalid JSON array: unexpected ','")
+                self.pos += 1
+                expect_element = True
+                continue
+            if not expect_element:
+                raise self.fail(f"invalid JSON array: expected ',' or ']', got {ch!r}")
+            line = self.line
+            text = self.element()
+            self.line += text.count("\n")
+            expect_element = False
+            yield text, line

@@ -24,7 +24,8 @@ from dataprep.io import storage
 from dataprep.io.records import valid_texts
 from dataprep.pretrain.documents import EncodeOptions, encode_chunk
 from dataprep.errors import DataprepError
-from dataprep.runs.executor import BackgroundCalls, human_size
+from dataprep.runs.pool import BackgroundCalls
+from dataprep.runs.progress import human_size
 from dataprep.runs.executors import shard_executor
 from dataprep.runs.shards import JoinedRejects, ShardJob, produce_shards
 from dataprep.io.sources import expand_inputs

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from dataprep.errors import DataprepError
 from dataprep.io.sources import Piece
-from dataprep.runs.executor import single_thread_engines
+from dataprep.runs.pool import single_thread_engines
 from dataprep.runs.shards import ShardDone, produce_shard
 from dataprep.tokenization.worker_engine import init_worker
 

@@ -35,7 +35,8 @@ from typing import Callable, Iterator, Protocol
 
 from dataprep.io import storage
 from dataprep.errors import DataprepError
-from dataprep.runs.executor import BackgroundCalls, Progress
+from dataprep.runs.pool import BackgroundCalls
+from dataprep.runs.progress import Progress
 from dataprep.io.rejects import Rejects
 from dataprep.io.sources import Chunk, ChunkReader, LineNumbers, Piece, next_line_start, splittable
 

@@ -18,13 +18,13 @@ from typing import Callable
 
 from dataprep.tokenization.worker_engine import encode_probe, init_worker
 from dataprep.errors import DataprepError
-from dataprep.runs.executor import OrderedExecutor, available_cores, check_workers, single_thread_engines
+from dataprep.runs.pool import OrderedExecutor, available_cores, check_workers, single_thread_engines
 from dataprep.runs.shards import DEFAULT_SHARD_BYTES, check_shard_bytes
 
 from dataprep.tokenization.tokenizers import (LoadedTokenizer, engine_order, file_engine_spec, load_tokenizer,
                                  probe_mismatch, probe_texts, tokenizer_dir)
 
-EXECUTORS = ("local", "ray")  # --engine: who produces the shards (runs/executors.py)
+EXECUTOR_NAMES = ("local", "ray")  # --engine: who produces the shards (runs/executors.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +71,8 @@ class RunConfig(WorkerConfig):
         super().__post_init__()
         if not self.inputs:
             raise DataprepError("no --input given")
-        if self.executor not in EXECUTORS:
-            raise DataprepError(f"unknown --engine {self.executor!r}; known: {', '.join(EXECUTORS)}")
+        if self.executor not in EXECUTOR_NAMES:
+            raise DataprepError(f"unknown --engine {self.executor!r}; known: {', '.join(EXECUTOR_NAMES)}")
         if self.ray_address and self.executor != "ray":
             raise DataprepError("--ray-address needs --engine ray")
         check_shard_bytes(self.shard_bytes)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dataprep.io.records import type_name
+
 FORMATS = ("alpaca", "messages", "sharegpt")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -34,11 +36,6 @@ class Turn:
     content: str
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "array", str: "string",
-                                          bool: "boolean"}.get(type(value), type(value).__name__)
-
-
 def _string(record: dict, key: str, where: str, required: bool = True) -> str | None:
     if key not in record or record[key] is None:
         if required:
@@ -46,13 +43,13 @@ def _string(record: dict, key: str, where: str, required: bool = True) -> str | 
         return None
     value = record[key]
     if not isinstance(value, str):
-        raise RecordError(f"{where}: {key!r} is not a string (got {_type_name(value)})")
+        raise RecordError(f"{where}: {key!r} is not a string (got {type_name(value)})")
     return value
 
 
 def detect_format(record: Any) -> str:
     if not isinstance(record, dict):
-        raise RecordError(f"not a JSON object (got {_type_name(record)})")
+        raise RecordError(f"not a JSON object (got {type_name(record)})")
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -71,7 +68,7 @@ def _alpaca(record: dict) -> list[Turn]:
     turns = [Turn("system", system)] if system else []
     history = record.get("history") or []
     if not isinstance(history, list):
-        raise RecordError(f"alpaca: 'history' is not an array (got {_type_name(history)})")
+        raise RecordError(f"alpaca: 'history' is not an array (got {type_name(history)})")
     for n, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise RecordError(f"alpaca: history item {n} is not a [user, assistant] pair of strings")
@@ -83,11 +80,11 @@ def _alpaca(record: dict) -> list[Turn]:
 def _messages(record: dict) -> list[Turn]:
     messages = record["messages"]
     if not isinstance(messages, list):
-        raise RecordError(f"messages: 'messages' is not an array (got {_type_name(messages)})")
+        raise RecordError(f"messages: 'messages' is not an array (got {type_name(messages)})")
     turns = []
     for n, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RecordError(f"messages: item {n} is not an object (got {_type_name(message)})")
+            raise RecordError(f"messages: item {n} is not an object (got {type_name(message)})")
         role = _string(message, "role", f"messages item {n}")
         if role not in ("system", "user", "assistant"):
             raise RecordError(f"messages item {n}: unknown role {role!r} (system, user or assistant)")
@@ -98,12 +95,12 @@ def _messages(record: dict) -> list[Turn]:
 def _sharegpt(record: dict) -> list[Turn]:
     conversations = record["conversations"]
     if not isinstance(conversations, list):
-        raise RecordError(f"sharegpt: 'conversations' is not an array (got {_type_name(conversations)})")
+        raise RecordError(f"sharegpt: 'conversations' is not an array (got {type_name(conversations)})")
     system = _string(record, "system", "sharegpt", required=False)
     turns = [Turn("system", system)] if system else []
     for n, message in enumerate(conversations):
         if not isinstance(message, dict):
-            raise RecordError(f"sharegpt: item {n} is not an object (got {_type_name(message)})")
+            raise RecordError(f"sharegpt: item {n} is not an object (got {type_name(message)})")
         speaker = _string(message, "from", f"sharegpt item {n}")
         if speaker not in SHAREGPT_ROLES:
             raise RecordError(f"sharegpt item {n}: unknown speaker {speaker!r} "

@@ -19,7 +19,8 @@ from functools import partial
 import numpy as np
 
 from dataprep.io.sources import ChunkReader, LineNumbers, expand_inputs
-from dataprep.runs.executor import OrderedExecutor, Progress, available_cores, single_thread_engines
+from dataprep.runs.pool import OrderedExecutor, available_cores, single_thread_engines
+from dataprep.runs.progress import Progress
 from dataprep.runs.workers import WorkerConfig, start_trusted_workers
 from dataprep.sft.records import SFTEncoder, SFTOptions, encode_sft_chunk
 from dataprep.sft.run import pad_id, probe_segments, sft_options
@@ -96,7 +97,7 @@ class RawSFT(RawRecords):
             key = cache_key({
                 "raw_lengths": 1, "engine": self.encoder_spec.engine,
                 "tokenizer": hashlib.sha256((self.encoder_spec.tokenizer_json or self.encoder_spec.path).encode()).hexdigest(),
-                "options": repr(self.options), "files": [file_digest(p, self.cache_dir) for p in self.paths]})
+                "options": repr(self.options), "files": [file_digest(p) for p in self.paths]})
             path = os.path.join(self.cache_dir, f"raw-lengths-{key}.npy")
             if os.path.exists(path):
                 return np.load(path, allow_pickle=False)

@@ -27,7 +27,8 @@ from dataprep.sft.chat_template import TemplateError, get_renderer
 from dataprep.sft.conversations import FORMATS, RecordError, to_conversation
 from dataprep.io.records import load_line
 from dataprep.errors import DataprepError
-from dataprep.runs.executor import BackgroundCalls, human_size
+from dataprep.runs.pool import BackgroundCalls
+from dataprep.runs.progress import human_size
 from dataset_engine.packing import ALGORITHMS, PackingPlan, pack
 from dataprep.runs.executors import shard_executor
 from dataprep.runs.shards import JoinedRejects, ShardJob, produce_shards

@@ -15,8 +15,10 @@ import os
 import numpy as np
 
 from dataprep.errors import DataprepError
+from dataprep.tokenization.tokenizers import auto_tokenizer
 from dataprep.tools.integrity import resolve_prefix
 from dataset_engine.idxmap import IdxmapError, IdxmapReader
+from dataset_engine.sft_format import NATIVE_LAYOUT, open_sft
 
 HIST_ROWS = 12
 BAR_WIDTH = 40
@@ -63,8 +65,6 @@ def inspect_idxmap(prefix: str, samples: list[int], decode: bool,
         path = tokenizer_path or (sidecar or {}).get("tokenizer", {}).get("path")
         if not path:
             raise DataprepError("--decode needs --tokenizer-path (no sidecar names a tokenizer)")
-        from dataprep.tokenization.tokenizers import auto_tokenizer
-
         hf = auto_tokenizer(path, trust_remote_code=False)
     trained_of = _sft_trained(prefix, sidecar, reader)
     for d in samples:
@@ -87,8 +87,6 @@ def _sft_trained(prefix: str, sidecar: dict | None, reader: IdxmapReader):
     layout = (sidecar or {}).get("layout")
     if layout is None:
         return None
-    from dataset_engine.sft_format import NATIVE_LAYOUT, open_sft
-
     sft = open_sft(prefix)
     if layout == NATIVE_LAYOUT:
         return lambda d: (sft.record(d)[0].tolist(), sft.record(d)[1].tolist())

@@ -12,7 +12,7 @@ import time
 
 from dataprep.io.records import valid_texts
 from dataprep.errors import DataprepError
-from dataprep.runs.executor import single_thread_engines
+from dataprep.runs.pool import single_thread_engines
 from dataprep.io.sources import expand_inputs
 from dataprep.tokenization.tokenizers import ENGINES, build_engine, first_difference, load_tokenizer
 

@@ -1,5 +1,5 @@
-"""The executor: runs a function over chunks in worker processes, yields results in chunk order,
-and shows progress.
+"""The worker pool: runs a function over items in worker processes and yields the results in
+item order; plus the writer thread the main process hands its disk writes to.
 
 At most `window` chunks are in flight, so memory stays bounded whatever the input size. Workers
 are spawned (not forked): they import only dataprep, numpy and the engine, never transformers,
@@ -9,12 +9,14 @@ in this process, through the same code, so the single-process result is the refe
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
 
@@ -38,59 +40,23 @@ def check_workers(workers: int) -> None:
         raise DataprepError(f"--workers must be at least 1, got {workers}")
 
 
-def human_size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n} B"
-
-
 def single_thread_engines() -> None:
     for key, value in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(key, value)
 
 
-class Progress:
-    """A tqdm bar over input bytes with documents/s and tokens/s, or nothing when disabled."""
-
-    def __init__(self, total_bytes: int, enabled: bool, desc: str) -> None:
-        self.start = time.perf_counter()
-        self.documents = 0
-        self.tokens = 0
-        self.shards = ""
-        self._done = self._total = 0
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-                             desc=desc, dynamic_ncols=True, smoothing=0.1)
-
-    def update(self, source_bytes: int, documents: int, tokens: int) -> None:
-        self.documents += documents
-        self.tokens += tokens
-        if self._bar is not None:
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
-            self._bar.set_postfix_str(f"{self.shards}{self.documents / elapsed:,.0f} docs/s, "
-                                      f"{self.tokens / elapsed / 1e6:,.2f} M tok/s", refresh=False)
-            self._bar.update(source_bytes)
-
-    def resume(self, done_bytes: int, done_shards: int, total_shards: int) -> None:
-        """Count shards finished by an earlier run as done (the bar shows shards done/total)."""
-        self._done, self._total = done_shards, total_shards
-        self.shards = f"shards {done_shards}/{total_shards}, "
-        if self._bar is not None:
-            self._bar.n = self._bar.initial = done_bytes  # tqdm's rate counts from `initial`
-            self._bar.set_postfix_str(self.shards.rstrip(", "))
-
-    def shard_done(self) -> None:
-        self._done += 1
-        self.shards = f"shards {self._done}/{self._total}, "
-        self.update(0, 0, 0)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while workers are spawned: they inherit it through exec and keep it until
+    `_child_init` makes it explicit, so only the main process handles Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _noop() -> None:
@@ -100,8 +66,6 @@ def _noop() -> None:
 def _exit_with_parent() -> None:
     """A worker whose parent died (kill -9, OOM killer) would wait for tasks forever, holding
     memory and the terminal's pipes: a daemon thread ends it within a second."""
-    import threading
-
     parent = os.getppid()
 
     def watch() -> None:
@@ -144,8 +108,9 @@ class OrderedExecutor:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_child_init,
                                              initargs=(self.initializer, *self.initargs))
-            for _ in range(self.workers):  # processes start on demand: ask for all of them now
-                self._pool.submit(_noop)
+            with _sigint_ignored():  # a Ctrl-C while a worker still imports would print its traceback
+                for _ in range(self.workers):  # processes start on demand: ask for all of them now
+                    self._pool.submit(_noop)
         return self
 
     def __enter__(self) -> "OrderedExecutor":
@@ -213,8 +178,6 @@ class BackgroundCalls:
     """
 
     def __init__(self, depth: int = 4) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dataprep-writer")
         self._pending: deque = deque()
         self.depth = depth
