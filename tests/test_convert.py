@@ -12,6 +12,8 @@ import torch
 
 from conftest import ROOT, cli_env, logged_losses
 
+pytestmark = pytest.mark.slow  # every test here starts processes (see docs/ARCHITECTURE.md)
+
 SCRIPT = r'''
 import json, sys, torch
 from trainer_bridge.checkpoint import checkpoint_dir, load_weights

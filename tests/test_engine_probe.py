@@ -42,6 +42,7 @@ def _expected(reference_tokenizer):
     return [reference_tokenizer(t, add_special_tokens=False).input_ids + [eos] for t in TEXTS]
 
 
+@pytest.mark.slow
 def test_a_differing_engine_is_skipped_with_a_note(tmp_path, corpus, deepseek_dir, reference_tokenizer,
                                                    monkeypatch):
     monkeypatch.setitem(tokenizers._ENGINE_CLASSES, "fastokens", _OffByOne)
@@ -58,6 +59,7 @@ def test_a_differing_engine_is_skipped_with_a_note(tmp_path, corpus, deepseek_di
     assert got == _expected(reference_tokenizer)
 
 
+@pytest.mark.slow
 def test_explicit_backend_that_differs_falls_back_to_hf(tmp_path, corpus, deepseek_dir, reference_tokenizer,
                                                         monkeypatch):
     monkeypatch.setitem(tokenizers._ENGINE_CLASSES, "fastokens", _OffByOne)
@@ -71,6 +73,7 @@ def test_explicit_backend_that_differs_falls_back_to_hf(tmp_path, corpus, deepse
     assert sidecar["tokenizer"]["engine"] == "hf"
 
 
+@pytest.mark.slow
 def test_verify_tokenizer_fails_and_names_the_record(corpus, deepseek_dir, monkeypatch):
     monkeypatch.setitem(tokenizers._ENGINE_CLASSES, "fastokens", _OffByOne)
     ok, lines = verify_tokenizer(name="DeepSeekV2Tokenizer", path=deepseek_dir, inputs=[str(corpus)],

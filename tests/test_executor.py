@@ -1,4 +1,4 @@
-"""The executor: results in order whatever the worker count, and Ctrl-C handled by the main process only."""
+"""The worker pool: results in order whatever the worker count, and Ctrl-C handled by the main process only."""
 
 import os
 import signal
@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 from dataprep.runs.pool import OrderedExecutor
 
@@ -44,6 +46,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_only_the_main_process(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)

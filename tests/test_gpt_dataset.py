@@ -601,6 +601,7 @@ def _concurrent_build(cache_dir, data_path, sizes, barrier, queue) -> None:
         queue.put(("error", os.getpid(), repr(e), None))
 
 
+@pytest.mark.slow
 def test_concurrent_builders_share_one_entry_per_key(data, tmp_path):
     cache = str(tmp_path / "cache")
     path = resolve(("0.3", "a", "0.7", "b"), data)
@@ -648,6 +649,7 @@ def test_pickle_roundtrip(path, data, tmp_path):
 
 @pytest.mark.parametrize("path,context", [(("a",), None), (("0.3", "a", "0.7", "b"), "spawn")],
                          ids=["single-fork", "blend-spawn"])
+@pytest.mark.slow
 def test_dataloader_workers_match_in_process(path, context, data, tmp_path):
     train = ours(resolve(path, data), [203, 30, 20], str(tmp_path / "cache"),
                  reset_position_ids=True)[0]
@@ -687,6 +689,7 @@ def test_weighted_blend_needs_sizes(data):
 
 
 # -- dataprep build-index ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_build_index_command_builds_what_training_loads(data, tmp_path):
     """The command builds every index ahead of training; a run then finds them all cached, with
     Megatron's sample counts from iterations, batch size and evaluation settings."""

@@ -370,6 +370,7 @@ def test_reader_indexing_and_views(tmp_path):
     assert seq.tolist() == [1, 2, 3]  # views held by callers stay valid after close
 
 
+@pytest.mark.slow
 def test_module_does_not_import_torch():
     code = ("import sys, dataset_engine, dataset_engine.idxmap; "
             "assert not {'torch', 'megatron'} & set(sys.modules), 'imported torch/megatron'")

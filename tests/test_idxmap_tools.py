@@ -76,6 +76,7 @@ def sft_pai(tmp_path_factory):
 
 
 # -- inspect -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_inspect_prints_counts_and_a_log_histogram(parts):
     _, _, ab = parts
     done = run_cli("inspect", ab)
@@ -126,6 +127,7 @@ def test_inspect_counts_documents_without_sequences(tmp_path):
     assert sum(int(r[-1]) for r in rows) == 4
 
 
+@pytest.mark.slow
 def test_inspect_plot_writes_a_png_matplotlib_reads(parts, tmp_path):
     _, _, ab = parts
     png = tmp_path / "lengths.png"
@@ -141,6 +143,7 @@ def test_inspect_plot_writes_a_png_matplotlib_reads(parts, tmp_path):
     assert image.std() > 0  # not a blank canvas
 
 
+@pytest.mark.slow
 def test_inspect_sft_still_marks_trained_spans(sft_native):
     done = run_cli("inspect", sft_native, "--decode", "--sample", "0")
     assert done.returncode == 0, done.stderr
@@ -149,6 +152,7 @@ def test_inspect_sft_still_marks_trained_spans(sft_native):
 
 
 # -- verify: good files ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_verify_passes_on_pretrain_and_both_sft_layouts(parts, sft_native, sft_pai):
     _, _, ab = parts
     done = run_cli("verify", ab, sft_native, sft_pai)
@@ -167,6 +171,7 @@ def failing(*args) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_verify_reports_a_token_outside_the_vocabulary(parts, tmp_path):
     a, _, _ = parts
     bad = copy_idxmap(a, str(tmp_path / "bad"))
@@ -278,6 +283,7 @@ def test_verify_reports_a_pai_label_outside_the_vocabulary(sft_pai, tmp_path):
 
 
 # -- merge -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_merge_equals_preprocessing_the_concatenation(parts, tmp_path):
     a, b, ab = parts
     out = tmp_path / "merged"
@@ -294,6 +300,7 @@ def test_merge_equals_preprocessing_the_concatenation(parts, tmp_path):
     assert run_cli("verify", out).returncode == 0
 
 
+@pytest.mark.slow
 def test_merge_of_a_directory_is_read_by_megatron_in_name_order(parts, tmp_path):
     a, b, _ = parts
     inputs = tmp_path / "parts"
@@ -314,6 +321,7 @@ def test_merge_of_a_directory_is_read_by_megatron_in_name_order(parts, tmp_path)
     assert "no tokenizer in the sidecar" in done.stdout
 
 
+@pytest.mark.slow
 def test_merge_refuses_a_dtype_mismatch_in_one_line(parts, tmp_path):
     from dataset_engine.idxmap import IdxmapWriter
 
@@ -330,6 +338,7 @@ def test_merge_refuses_a_dtype_mismatch_in_one_line(parts, tmp_path):
     assert not list(tmp_path.glob("merged*"))
 
 
+@pytest.mark.slow
 def test_merge_refuses_an_empty_directory_and_its_own_output(parts, tmp_path):
     a, _, _ = parts
     done = run_cli("merge", "--input", tmp_path, "--output-prefix", tmp_path / "out")

@@ -74,6 +74,7 @@ def opt(entry: list[str], flag: str):
 
 # -- Pai's documented examples ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pai_pretrain_example():
     run = launch()
     name = ("pretrain-mcore-A3B-lr-1e-5-minlr-1e-6-bs-1-gbs-8-seqlen-128-pr-bf16-tp-4-pp-2-cp-1-ac-sel-do-true"
@@ -155,6 +156,7 @@ def test_name_is_deterministic():
 
 # -- the distributed layout -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dsw_layout_from_visible_devices():
     run = launch(ENV="dsw", env={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
     assert run.torchrun[3:] == ["--nproc-per-node", "8", "--nnodes", "1", "--node-rank", "0",
@@ -163,6 +165,7 @@ def test_dsw_layout_from_visible_devices():
     assert opt(run.torchrun, "--master-port") == "31000"
 
 
+@pytest.mark.slow
 def test_dsw_gpu_count_nvidia_smi_then_cpu():
     assert opt(launch(ENV="dsw", env={}, gpu_counter=lambda: 16).torchrun, "--nproc-per-node") == "16"
     tiny = dict(ENV="dsw", MODEL_SIZE="tiny", TP="1", PP="1", EP="1", SP="false", PR="fp32")
@@ -173,6 +176,7 @@ def test_dsw_gpu_count_nvidia_smi_then_cpu():
     assert opt(no_gpu.torchrun, "--nproc-per-node") == "4"
 
 
+@pytest.mark.slow
 def test_dlc_layout_from_pai_environment():
     env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "23456", "WORLD_SIZE": "4", "RANK": "2",
            "KUBERNETES_CONTAINER_RESOURCE_GPU": "8"}
@@ -307,6 +311,7 @@ TINY_ARGS = ["dsw", "tiny", "1", "8", "1e-5", "1e-6", "128", "128", "fp32", "1",
 CPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "DATAPREP_NPROC": "2"}
 
 
+@pytest.mark.slow
 def test_main_dry_run_and_exec(monkeypatch, capsys):
     for key, value in CPU_ENV.items():
         monkeypatch.setenv(key, value)
@@ -327,6 +332,7 @@ def _script(args, **env):
     return subprocess.run(["sh", str(SCRIPT), *args], check=False, env=full_env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_script_dry_run_prints_the_command():
     done = _script(TINY_ARGS, DATAPREP_DRY_RUN="1")
     assert done.returncode == 0, done.stderr

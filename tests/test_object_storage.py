@@ -13,6 +13,8 @@ import pytest
 
 from conftest import cli_command, cli_env, make_corpus, write_jsonl
 
+pytestmark = pytest.mark.slow  # every test here starts processes (see docs/ARCHITECTURE.md)
+
 TOKENIZER = "DeepSeekV2Tokenizer"
 BUCKET = "dataprep-test"
 

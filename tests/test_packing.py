@@ -243,6 +243,7 @@ def test_plan_arrays_are_read_only_and_invalid_plans_are_refused():
         PackingPlan(**dict(ok, row_offsets=[0, 2]))
 
 
+@pytest.mark.slow
 def test_packing_imports_neither_torch_nor_megatron():
     code = ("import sys, dataset_engine.packing; "
             "bad = [m for m in ('torch', 'megatron', 'transformers') if m in sys.modules]; "

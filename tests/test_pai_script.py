@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dataset_engine.idxmap import IdxmapReader
+
+pytestmark = pytest.mark.slow  # every test here starts processes (see docs/ARCHITECTURE.md)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "dataprep" / "scripts" / "run_make_pretraining_dataset_megatron.sh"

@@ -170,6 +170,7 @@ def test_param_count_is_the_published_total(name):
 
 
 @pytest.mark.parametrize("name", ["tiny", *QWEN3])
+@pytest.mark.slow
 def test_param_count_equals_megatron(megatron, name):
     """The real GPTModel of the full preset, on the meta device (no memory, no init)."""
     p = get_preset(name)

@@ -197,6 +197,7 @@ def tiny_run(work, corpus_jsonl, tiny):
 
 
 # -- 1. megatron-core reads exactly the reference tokens ---------------------------------------
+@pytest.mark.slow
 def test_megatron_reads_reference_tokens(baseline, expected, corpus, corpus_jsonl, reference_tokenizer):
     summary, prefix = baseline
     docs, empty = expected
@@ -225,6 +226,7 @@ def test_megatron_reads_reference_tokens(baseline, expected, corpus, corpus_json
 
 # -- 2. the bytes do not depend on the worker count (nor on the chunk size) ---------------------
 @pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.slow
 def test_same_bytes_for_any_worker_count(work, corpus_jsonl, baseline, workers):
     assert len(list(ChunkReader([str(corpus_jsonl)], ["text"], 4096))) >= 8
     prefix = work / f"workers{workers}" / "ds"
@@ -233,6 +235,7 @@ def test_same_bytes_for_any_worker_count(work, corpus_jsonl, baseline, workers):
     assert output_bytes(prefix, sidecar=True) == output_bytes(baseline[1], sidecar=True)
 
 
+@pytest.mark.slow
 def test_cli_workers_2_same_bytes_as_library(work, corpus_jsonl, baseline, expected, corpus):
     prefix = work / "cli-workers2" / "ds"
     done = run_cli("pretrain", "--input", corpus_jsonl, "--output-prefix", prefix,
@@ -379,6 +382,7 @@ def bad_cli_subprocesses(work, tiny) -> dict:
 
 @pytest.mark.parametrize("kind,how", [(k, "main()") for k in BAD_KINDS] +
                          [(k, "subprocess") for k in SUBPROCESS_KINDS])
+@pytest.mark.slow
 def test_cli_bad_record_is_one_error_line_and_no_output(work, tiny, capsys, request, kind, how):
     from dataprep.cli import main as cli_main
 
@@ -419,6 +423,7 @@ def _mixed_bad_file(path) -> tuple[dict, list[dict]]:
     return bad_at, good
 
 
+@pytest.mark.slow
 def test_cli_skip_bad_records_writes_rejects_and_counts(work, reference_tokenizer):
     d = work / "skip-cli"
     d.mkdir()
@@ -565,6 +570,7 @@ def test_skip_bad_records_across_chunks(work, tiny, form, workers):
     ([], ["--tokenizer is required"]),
 ], ids=["unknown-tokenizer", "missing-tokenizer-dir", "path-required", "split-sentences", "vocab-file",
         "no-tokenizer"])
+@pytest.mark.slow
 def test_cli_option_errors_are_one_line(tmp_path, corpus_jsonl, args, words):
     missing = str(tmp_path / "no-such-tokenizer")
     args = [a.replace("{missing}", missing) for a in args]
@@ -578,6 +584,7 @@ def test_cli_option_errors_are_one_line(tmp_path, corpus_jsonl, args, words):
     assert files_in(out) == []
 
 
+@pytest.mark.slow
 def test_no_append_eod(work, corpus, corpus_jsonl, reference_tokenizer):
     prefix = work / "no-eod" / "ds"
     pretrain(corpus_jsonl, prefix, append_eod=False, backend="hf")
@@ -586,6 +593,7 @@ def test_no_append_eod(work, corpus, corpus_jsonl, reference_tokenizer):
     assert sidecar_of(prefix)["options"]["append_eod"] is False
 
 
+@pytest.mark.slow
 def test_megatron_and_pai_option_spellings(work, corpus_jsonl, deepseek_dir, baseline):
     prefix = work / "pai-aliases" / "ds"
     done = run_cli("pretrain", "--input", corpus_jsonl, "--output-prefix", prefix,
@@ -661,18 +669,21 @@ def transformers_run(work, corpus_jsonl):
     return engine_run(work, corpus_jsonl, "transformers")
 
 
+@pytest.mark.slow
 def test_transformers_engine_writes_the_reference_tokens(transformers_run, baseline):
     # baseline (the auto engine) was checked token by token against the reference tokenizer
     assert output_bytes(transformers_run) == output_bytes(baseline[1])
 
 
 @pytest.mark.parametrize("backend", ["hf", "fastokens", "gigatoken"])
+@pytest.mark.slow
 def test_every_engine_gives_the_same_bytes_as_transformers(work, corpus_jsonl, transformers_run, backend):
     prefix = engine_run(work, corpus_jsonl, backend)
     assert output_bytes(prefix) == output_bytes(transformers_run)
 
 
 # -- 8. verify-tokenizer and inspect -----------------------------------------------------------
+@pytest.mark.slow
 def test_verify_tokenizer_reports_every_engine_exact(corpus, corpus_jsonl):
     done = run_cli("verify-tokenizer", "--tokenizer", TOKENIZER, "--input", corpus_jsonl)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -681,6 +692,7 @@ def test_verify_tokenizer_reports_every_engine_exact(corpus, corpus_jsonl):
         assert f"{engine}: exact on all {n_texts:,} texts" in done.stdout, done.stdout
 
 
+@pytest.mark.slow
 def test_inspect_decodes_the_first_document(baseline, corpus, expected):
     _, prefix = baseline
     done = run_cli("inspect", doc_prefix(prefix), "--decode", "--sample", "0")
@@ -692,6 +704,7 @@ def test_inspect_decodes_the_first_document(baseline, corpus, expected):
 
 
 # -- 9. no torch, no megatron ------------------------------------------------------------------
+@pytest.mark.slow
 def test_dataprep_imports_neither_torch_nor_megatron():
     code = ("import sys\n"
             "import dataprep.pretrain.run, dataprep.pretrain.documents, dataprep.cli, dataset_engine.idxmap\n"
@@ -753,6 +766,7 @@ def _reap(proc):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_final_outputs(tmp_path, big_input):
     out = tmp_path / "out"
     proc = _start_and_wait_for_writing(big_input, out)
@@ -768,6 +782,7 @@ def test_killed_run_leaves_no_final_outputs(tmp_path, big_input):
         _reap(proc)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, big_input):
     """Ctrl-C reaches the main process and its workers: one line, exit 130, nothing left behind."""
     out = tmp_path / "out"

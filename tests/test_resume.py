@@ -19,6 +19,8 @@ from dataprep.errors import DataprepError
 from dataprep.runs.shards import WorkDir, plan_shards
 from dataset_engine.idxmap import IdxmapReader
 
+pytestmark = pytest.mark.slow  # every test here starts processes (see docs/ARCHITECTURE.md)
+
 TOKENIZER = "DeepSeekV2Tokenizer"
 SHARD = "3K"  # a few records per shard: many shards from a small corpus
 

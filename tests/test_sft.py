@@ -324,6 +324,7 @@ def seq_input(work, seq_records):
 
 
 @pytest.mark.parametrize("drop_long", [False, True], ids=["truncate", "drop-long"])
+@pytest.mark.slow
 def test_seq_length_truncates_or_drops(work, seq_records, seq_input, reference_tokenizer, drop_long):
     hf = reference_tokenizer
     prefix = work / f"seq-{drop_long}" / "out"
@@ -389,6 +390,7 @@ def _chunk_count(path, chunk_bytes) -> int:
 
 @pytest.mark.parametrize("kind,layout", [(k, "native") for k in ("missing-output", "roles-order", "invalid-json")]
                          + [("array-element", "native"), ("invalid-json", "pai")])
+@pytest.mark.slow
 def test_bad_record_fails_fast_with_file_line_and_no_output(work, kind, layout):
     d = work / f"bad-{kind}-{layout}"
     d.mkdir()
@@ -430,6 +432,7 @@ def test_a_line_that_is_not_one_json_value_is_invalid_json(work, second, third):
     assert files_in(d / "out") == []
 
 
+@pytest.mark.slow
 def test_skip_bad_records_writes_rejects_and_counts(work, reference_tokenizer):
     d = work / "skip"
     d.mkdir()
@@ -473,6 +476,7 @@ def test_skip_bad_records_writes_rejects_and_counts(work, reference_tokenizer):
 
 
 # -- 4. the bytes do not depend on workers or chunking ------------------------------------------
+@pytest.mark.slow
 def test_same_bytes_for_two_workers_and_small_chunks(work, native_inputs, native_run):
     _, baseline = native_run
     assert sum(_chunk_count(p, 2048) for p in native_inputs) >= 10
@@ -507,6 +511,7 @@ def pai_expected(pai_input, reference_tokenizer):
 
 
 @pytest.mark.parametrize("packing", [True, False], ids=["next-fit", "one-per-row"])
+@pytest.mark.slow
 def test_pai_rows_equal_pais_encoder_and_next_fit(work, pai_input, pai_expected, reference_tokenizer, packing):
     path, records = pai_input
     pad = pad_of(reference_tokenizer)
@@ -533,6 +538,7 @@ def test_pai_rows_equal_pais_encoder_and_next_fit(work, pai_input, pai_expected,
     assert files_in(prefix.parent) == ["out_text_document.bin", "out_text_document.idx", "out_text_document.json"]
 
 
+@pytest.mark.slow
 def test_pai_bfd_holds_every_record_once_in_fewer_rows(work, pai_input, pai_expected, reference_tokenizer):
     path, _ = pai_input
     pad = pad_of(reference_tokenizer)
@@ -552,6 +558,7 @@ CHATML_JINJA = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+@pytest.mark.slow
 def test_cli_tokenizer_own_template(work, reference_tokenizer):
     from transformers import AutoTokenizer
 
@@ -589,6 +596,7 @@ def test_cli_tokenizer_own_template(work, reference_tokenizer):
     (["--template", "vicuna"], ["unknown chat template 'vicuna'"]),
 ], ids=["pai-without-seq-length", "packing-without-seq-length", "drop-long-without-seq-length",
         "missing-input", "unknown-template"])
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2(work, tmp_path, args, words):
     missing = str(tmp_path / "no-such.jsonl")
     good = write_jsonl(tmp_path / "good.jsonl", MIXED[:2])
@@ -606,6 +614,7 @@ def test_cli_errors_are_one_line_exit_2(work, tmp_path, args, words):
     assert files_in(out) == []
 
 
+@pytest.mark.slow
 def test_parquet_and_compressed_inputs_give_the_jsonl_bytes(work, reference_tokenizer):
     """The same records as parquet (messages as list<struct>, alpaca as columns) and as .jsonl.gz
     give the bytes of the plain jsonl run (sidecar inputs aside)."""
@@ -635,6 +644,7 @@ def test_parquet_and_compressed_inputs_give_the_jsonl_bytes(work, reference_toke
     assert [ids for ids, _ in got] == [expected_record(r, reference_tokenizer)[0] for r in chat + alpaca]
 
 
+@pytest.mark.slow
 def test_a_bad_parquet_row_is_named_by_its_row(work):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -82,6 +82,7 @@ def check_row(sample: dict, records: list[tuple[np.ndarray, np.ndarray]], pad_id
     assert sample["max_seqlen"] == max(np.diff(cu))
 
 
+@pytest.mark.slow
 def test_packed_rows_hold_whole_records_with_their_own_positions(built):
     source = open_sft(built["native"])
     ds = SFTDataset(source, config(built["tmp"], packing=True))
@@ -120,6 +121,7 @@ def test_unpacked_samples_are_padded_records_in_seeded_order(built):
     assert in_order.order.tolist() == list(range(len(source)))
 
 
+@pytest.mark.slow
 def test_a_prompt_that_fills_the_sample_trains_nothing_and_is_left_out_of_packing(tmp_path):
     long_prompt = {"instruction": "很长的问题。" * 200, "output": "短答。"}
     short = {"instruction": "Say hi.", "output": "Hi!"}
@@ -135,6 +137,7 @@ def test_a_prompt_that_fills_the_sample_trains_nothing_and_is_left_out_of_packin
     assert packed.records.tolist() == [0, 2]
 
 
+@pytest.mark.slow
 def test_raw_mode_yields_the_idxmap_samples(built, raw_source):
     native = open_sft(built["native"])
     assert len(raw_source) == len(native)
@@ -201,6 +204,7 @@ def test_packing_plans_are_cached_under_what_decides_them(built):
     assert len(os.listdir(tmp)) == 3
 
 
+@pytest.mark.slow
 def test_mp_dataset_type_selects_raw(built, monkeypatch):
     cfg = config(built["tmp"], pad_length=64)
     monkeypatch.setenv("MP_DATASET_TYPE", "raw")
@@ -213,6 +217,7 @@ def test_mp_dataset_type_selects_raw(built, monkeypatch):
         build_sft_dataset(built["native"], cfg)
 
 
+@pytest.mark.slow
 def test_a_bad_raw_record_names_its_file_and_line(tmp_path):
     path = tmp_path / "bad.json"
     records = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
@@ -313,6 +318,7 @@ def test_empty_array_and_cached_index(tmp_path):
     assert len(index_records(str(path), str(cache)).starts) == 2
 
 
+@pytest.mark.slow
 def test_raw_mode_with_the_tokenizers_own_template_in_dataloader_workers(tmp_path, reference_tokenizer):
     """A tokenizer with its own chat template: raw samples (built again in each DataLoader worker,
     which reloads the template) equal the idxmap's."""

@@ -11,6 +11,8 @@ import torch
 
 from conftest import ROOT, cli_env, logged_losses, run_cli
 
+pytestmark = pytest.mark.slow  # every test here starts processes (see docs/ARCHITECTURE.md)
+
 SAMPLES = ROOT / "dataprep" / "samples"
 TOKENIZER = "DeepSeekV2Tokenizer"
 
