@@ -30,6 +30,7 @@ import numpy as np
 
 from dataset_engine.cache import cache_key, file_digest
 
+DATASET_TYPES = ("idxmap", "raw")  # what MP_DATASET_TYPE / --dataset-type take
 BLOCK = 16 << 20
 INDEX_VERSION = 1
 _WS = b" \t\r\n"

@@ -1,7 +1,7 @@
 """A training run's settings: `TrainConfig`, whose fields are the options of
 ``python -m trainer_bridge.train`` (default and help text written once, on the field), the command
 line generated from it (`parse_args`, and back with `TrainConfig.to_argv`), and the rules every
-caller of the trainer shares (`global_batch_problem`, `PRECISIONS`, `RECOMPUTE`, `DATASET_TYPES`).
+caller of the trainer shares (`global_batch_problem`, `PRECISIONS`, `RECOMPUTE`; `DATASET_TYPES` comes from `dataset_engine.raw`).
 
 No torch here: the launcher maps Pai's parameters onto a TrainConfig without loading it.
 """
@@ -19,11 +19,11 @@ import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from dataset_engine.raw import DATASET_TYPES
 from trainer_bridge.presets import ModelPreset, get_preset, preset_from_directory
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 RECOMPUTE = ("none", "sel", "full", "offload")
-DATASET_TYPES = ("idxmap", "raw")
 PROG = "python -m trainer_bridge.train"
 DESCRIPTION = "The bundled Megatron-Core training entry: ``torchrun -m trainer_bridge.train --model-size ... " \
               "--data-path ...``."

@@ -27,7 +27,7 @@ from dataprep.sft.run import pad_id, probe_segments, sft_options
 from dataprep.tokenization.tokenizers import build_engine
 from dataprep.tokenization.worker_engine import init_worker, worker_engine
 from dataset_engine.cache import cache_key, file_digest
-from dataset_engine.raw import RawRecords
+from dataset_engine.raw import DATASET_TYPES, RawRecords
 from dataset_engine.sft import SFTDataset, SFTDatasetConfig, open_sft_dataset
 
 
@@ -157,9 +157,6 @@ def open_raw_sft(paths: list[str], *, tokenizer: str, tokenizer_path: str | None
     options = options_for(tok)
     return RawSFT(files, tok.engine_spec(trusted.engine), options, pad_id(tok), cache_dir,
                   encoder=SFTEncoder(worker_engine(), options, hf_tokenizer=tok.hf))
-
-
-DATASET_TYPES = ("idxmap", "raw")
 
 
 def build_sft_dataset(data_path: str | list[str], config: SFTDatasetConfig, *, dataset_type: str | None = None,
