@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+import threading
 from typing import Callable
 
 import numpy as np
@@ -53,34 +53,63 @@ def file_digest(path: str) -> str:
     the file's size, mtime, ctime and inode are unchanged (any rewrite of the file changes its
     ctime)."""
     path = os.path.abspath(path)
-    st = os.stat(path)
-    # ctime too: a copy over the file that keeps its size and sets its mtime back (cp -p) still
-    # changes the ctime, which no user tool can set
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
-    memo = os.path.join(default_cache_dir(), "digests", hashlib.sha1(path.encode()).hexdigest() + ".json")
-    if os.path.exists(memo):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            with open(memo, encoding="utf-8") as f:
-                stored = json.load(f)
-            if stored["path"] == path and stored["stamp"] == stamp:
-                return stored["digest"]
-    digest = _digest(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    stamp = file_stamp(path)
+    digest = _remembered(path, stamp)
+    if digest is not None:
+        return digest
+    digest = _digest(path, *stamp.values())
     with contextlib.suppress(OSError):  # a read-only cache: the digest is only not remembered
+        memo = _memo_path(path)
         os.makedirs(os.path.dirname(memo), exist_ok=True)
-        tmp = f"{memo}.{os.getpid()}.tmp"
+        tmp = f"{memo}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"path": path, "stamp": stamp, "digest": digest}, f)
         os.replace(tmp, memo)
     return digest
 
 
-@lru_cache(maxsize=256)
+def file_stamp(path: str) -> dict:
+    """What says a file was not rewritten: size, mtime, ctime and inode. ctime too: a copy over
+    the file that keeps its size and sets its mtime back (cp -p) still changes the ctime, which
+    no user tool can set."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def known_digest(path: str) -> str | None:
+    """The file's digest if it is already known for its current stamp, without reading the file:
+    a lookup that must stay cheap (raw mode's first start) treats None as a miss."""
+    path = os.path.abspath(path)
+    return _remembered(path, file_stamp(path))
+
+
+def _memo_path(path: str) -> str:
+    return os.path.join(default_cache_dir(), "digests", hashlib.sha1(path.encode()).hexdigest() + ".json")
+
+
+def _remembered(path: str, stamp: dict) -> str | None:
+    if (path, *stamp.values()) in _DIGESTS:
+        return _DIGESTS[(path, *stamp.values())]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(_memo_path(path), encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored["path"] == path and stored["stamp"] == stamp:
+            return stored["digest"]
+    return None
+
+
+_DIGESTS: dict[tuple, str] = {}  # this process's digests by (path, stamp)
+
+
 def _digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    key = (path, size, mtime_ns, ctime_ns, inode)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=20)
+        with open(path, "rb") as f:
+            while chunk := f.read(16 << 20):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def cache_key(description: dict) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset_engine.cache import cache_key, file_digest
+from dataset_engine.cache import cache_key, file_digest, file_stamp, known_digest
 
 DATASET_TYPES = ("idxmap", "raw")  # what MP_DATASET_TYPE / --dataset-type take
 BLOCK = 16 << 20
@@ -145,35 +145,47 @@ def record_line(path: str, index: RecordIndex, i: int) -> int:
 
 
 def index_records(path: str, cache_dir: str | None = None) -> RecordIndex:
-    """The records of a jsonl file or JSON array, cached in ``cache_dir`` when given."""
-    st = os.stat(path)
-    cached = None
+    """The records of a jsonl file or JSON array, cached in ``cache_dir`` when given.
+
+    The cache is keyed by the file's content digest. Looking it up reads no file bytes: the
+    digest is taken only when already known for the file's current stamp (`known_digest`);
+    otherwise the file is scanned, and its digest taken and the index saved in the background
+    while the caller goes on to its first sample."""
+    stamp = file_stamp(path)
     if cache_dir:
-        key = cache_key({"raw_index": INDEX_VERSION, "file": file_digest(path)})
-        cached = os.path.join(cache_dir, f"raw-index-{key}.npz")
-    if cached and os.path.exists(cached):
-        with np.load(cached, allow_pickle=False) as z:
-            return RecordIndex(z["starts"], z["ends"], z["lines"] if "lines" in z.files else None)
-    if st.st_size == 0:
+        digest = known_digest(path)
+        cached = os.path.join(cache_dir, _index_name(digest)) if digest else None
+        if cached and os.path.exists(cached):
+            with np.load(cached, allow_pickle=False) as z:
+                return RecordIndex(z["starts"], z["ends"], z["lines"] if "lines" in z.files else None)
+    if stamp["size"] == 0:
         return RecordIndex(*(np.zeros(0, np.int64),) * 3)
     data = np.memmap(path, np.uint8, mode="r")  # unmapped when the last view goes
     skip = 3 if data[:3].tobytes() == b"\xef\xbb\xbf" else 0
     head = data[skip:skip + 4096].tobytes().lstrip()
     index = _array_index(data, path) if head[:1] == b"[" else _jsonl_index(data, skip)
     del data
-    if cached:
-        # written meanwhile (the caller goes on to its first sample); under a temporary name,
-        # renamed when complete, so a concurrent or later reader never sees half a file
-        threading.Thread(target=_save_index, args=(index, cache_dir, cached), name="raw-index-cache").start()
+    if cache_dir:
+        threading.Thread(target=_save_index, args=(index, path, stamp, cache_dir), name="raw-index-cache").start()
     return index
 
 
-def _save_index(index: RecordIndex, cache_dir: str, path: str) -> None:
+def _index_name(digest: str) -> str:
+    return f"raw-index-{cache_key({'raw_index': INDEX_VERSION, 'file': digest})}.npz"
+
+
+def _save_index(index: RecordIndex, path: str, stamp: dict, cache_dir: str) -> None:
+    """Under the digest of the bytes that were scanned: a file rewritten meanwhile is not saved.
+    Written under a temporary name and renamed, so a reader never sees half a file."""
+    digest = file_digest(path)
+    if file_stamp(path) != stamp:
+        return
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
+    target = os.path.join(cache_dir, _index_name(digest))
+    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
     lines = {} if index.lines is None else {"lines": index.lines}
     np.savez(tmp, starts=index.starts, ends=index.ends, **lines)
-    os.replace(tmp, path)
+    os.replace(tmp, target)
 
 
 class RawRecords:

@@ -318,6 +318,22 @@ def test_empty_array_and_cached_index(tmp_path):
     assert len(index_records(str(path), str(cache)).starts) == 2
 
 
+def test_an_index_of_bytes_rewritten_before_their_digest_is_not_cached(tmp_path):
+    """The cache key is the digest of the bytes scanned: when the file changes between the scan
+    and the (background) digest, nothing is saved, and the next start scans the new bytes."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in TRICKY), encoding="utf-8")
+    cache = tmp_path / "cache"
+    scanned_stamp = raw_module.file_stamp(str(path))
+    index = raw_module.index_records(str(path))
+    path.write_text(json.dumps(TRICKY[0]) + "\n", encoding="utf-8")  # rewritten before the digest
+    raw_module._save_index(index, str(path), scanned_stamp, str(cache))
+    assert not cache.exists() or not list(cache.iterdir())
+    raw_module._save_index(raw_module.index_records(str(path)), str(path), raw_module.file_stamp(str(path)), str(cache))
+    assert len(list(cache.iterdir())) == 1  # an unchanged file is saved
+    assert len(index_records(str(path), str(cache)).starts) == 1
+
+
 @pytest.mark.slow
 def test_raw_mode_with_the_tokenizers_own_template_in_dataloader_workers(tmp_path, reference_tokenizer):
     """A tokenizer with its own chat template: raw samples (built again in each DataLoader worker,
