@@ -57,7 +57,7 @@ def file_digest(path: str) -> str:
     digest = _remembered(path, stamp)
     if digest is not None:
         return digest
-    digest = _digest(path, *stamp.values())
+    digest = _DIGESTS[(path, *stamp.values())] = _hash(path)
     with contextlib.suppress(OSError):  # a read-only cache: the digest is only not remembered
         memo = _memo_path(path)
         os.makedirs(os.path.dirname(memo), exist_ok=True)
@@ -87,29 +87,27 @@ def _memo_path(path: str) -> str:
     return os.path.join(default_cache_dir(), "digests", hashlib.sha1(path.encode()).hexdigest() + ".json")
 
 
+_DIGESTS: dict[tuple, str] = {}  # this process's digests by (path, *stamp)
+
+
 def _remembered(path: str, stamp: dict) -> str | None:
-    if (path, *stamp.values()) in _DIGESTS:
-        return _DIGESTS[(path, *stamp.values())]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        with open(_memo_path(path), encoding="utf-8") as f:
-            stored = json.load(f)
-        if stored["path"] == path and stored["stamp"] == stamp:
-            return stored["digest"]
-    return None
-
-
-_DIGESTS: dict[tuple, str] = {}  # this process's digests by (path, stamp)
-
-
-def _digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
-    key = (path, size, mtime_ns, ctime_ns, inode)
+    """The digest known for this path and stamp: in this process, else in the memo on disk."""
+    key = (path, *stamp.values())
     if key not in _DIGESTS:
-        h = hashlib.blake2b(digest_size=20)
-        with open(path, "rb") as f:
-            while chunk := f.read(16 << 20):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            with open(_memo_path(path), encoding="utf-8") as f:
+                stored = json.load(f)
+            if stored["path"] == path and stored["stamp"] == stamp:
+                _DIGESTS[key] = stored["digest"]
+    return _DIGESTS.get(key)
+
+
+def _hash(path: str) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def cache_key(description: dict) -> str:

@@ -9,12 +9,10 @@ the byte span and line of every record, found by vectorised scans (numpy over 16
   by one: only quotes right after a backslash, which are rare); string state and depth are
   carried across blocks.
 
-The index is cached (``.npz``, no pickle) under a hash of the file's path, size and mtime, so
-later starts skip the scan. A record is tokenized when first asked for, by the very code of
-`dataprep sft` (`dataprep.sft.records.SFTEncoder`: the same formats, template and engine), so
-for the same files and options raw mode yields exactly the samples of the idxmap path. Packing
-needs every record's length: computed on first use by `dataprep sft`'s workers (all cores, with
-a progress bar) and cached too.
+The index is cached (``.npz``, no pickle) under the file's content digest (`cache.file_digest`),
+so later starts skip the scan and a rewritten file is indexed again. `RawRecords` reads a
+record's json value by index; tokenizing it is the preprocessor's work (`dataprep.sft.raw.RawSFT`
+builds on this class), so this package needs no tokenizer.
 """
 
 from __future__ import annotations
